@@ -1,0 +1,1 @@
+"""Replay sampling, EWC, the MLflow-tracked consolidation job, the promotion gate."""

@@ -1,0 +1,1 @@
+"""Offline evaluation: the synthetic stream generator, prequential replay, peer policies."""

@@ -1,0 +1,60 @@
+"""The `fastslow` command line: one entry point for every job.
+
+Each package owns its commands in its own `cli.py` (kept import-light: heavy libraries are
+imported inside the command bodies), and this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+from fastslow.settings import Settings
+
+app = typer.Typer(
+    name="fastslow",
+    help="Streaming online-learning recommender: fast per-user memory + slow consolidated ranker.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON object on its last stdout line.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+# (command name, "module:function") — the command's own module stays import-light.
+COMMANDS: list[tuple[str, str]] = [
+]
+BENCHES: list[tuple[str, str]] = [
+]
+# Sub-applications (typer.Typer objects) mounted under a name, e.g. `fastslow features apply`.
+GROUPS: list[tuple[str, str]] = [
+]
+
+
+def _resolve(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@app.callback()
+def _configure() -> None:
+    """Configure logging once, from the settings, for every command."""
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for _name, _target in COMMANDS:
+    app.command(_name)(_resolve(_target))
+for _name, _target in BENCHES:
+    bench_app.command(_name)(_resolve(_target))
+for _name, _target in GROUPS:
+    app.add_typer(_resolve(_target), name=_name)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

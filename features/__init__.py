@@ -1,0 +1,1 @@
+"""The Feast feature repository, context lookup at scoring, point-in-time training frames."""

@@ -1,0 +1,1 @@
+"""Local services: the embedded Tansu broker, SeaweedFS for durable broker storage, Redis."""

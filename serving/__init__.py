@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): recommendations, event intake, user deletion, health and metrics."""
