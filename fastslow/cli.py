@@ -26,6 +26,8 @@ app.add_typer(bench_app, name="bench")
 
 # (command name, "module:function") — the command's own module stays import-light.
 COMMANDS: list[tuple[str, str]] = [
+    ("synth", "evaluation.synth:synth_command"),
+    ("broker", "infra.broker:broker_command"),
 ]
 BENCHES: list[tuple[str, str]] = [
 ]

@@ -25,3 +25,6 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     """Logging level for the command line (FASTSLOW_LOG_LEVEL)."""
+
+    kafka_bootstrap: str | None = None
+    """Kafka bootstrap servers, e.g. host:9092; unset starts the embedded broker (FASTSLOW_KAFKA_BOOTSTRAP)."""
