@@ -30,9 +30,11 @@ COMMANDS: list[tuple[str, str]] = [
     ("broker", "infra.broker:broker_command"),
 ]
 BENCHES: list[tuple[str, str]] = [
+    ("features", "features.bench:bench_features"),
 ]
 # Sub-applications (typer.Typer objects) mounted under a name, e.g. `fastslow features apply`.
 GROUPS: list[tuple[str, str]] = [
+    ("features", "features.cli:app"),
 ]
 
 

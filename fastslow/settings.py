@@ -7,6 +7,7 @@ and never reads the environment at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +26,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     """Logging level for the command line (FASTSLOW_LOG_LEVEL)."""
+
+    feast_online_store: Literal["sqlite", "redis"] = "sqlite"
+    """Feast online store: sqlite file under the data dir, or Redis at redis_url (FASTSLOW_FEAST_ONLINE_STORE)."""
+
+    redis_url: str | None = None
+    """Redis for the Feast online store, redis://host:port/db (FASTSLOW_REDIS_URL)."""
 
     kafka_bootstrap: str | None = None
     """Kafka bootstrap servers, e.g. host:9092; unset starts the embedded broker (FASTSLOW_KAFKA_BOOTSTRAP)."""

@@ -1,0 +1,1 @@
+"""The declarative Feast feature repository: definitions plus the `feature_store.yaml` template."""
