@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -32,6 +32,9 @@ from fastslow.errors import ConfigError, ServiceError
 from infra.seaweed import SeaweedS3
 from infra.services import ServiceProcess, free_port, port_open, wait_until
 from streaming.kafka import DEFAULT_PARTITIONS, TopicSpec, default_topics, ensure_topics, make_admin
+
+if TYPE_CHECKING:
+    from kafka.admin import KafkaAdminClient
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,12 @@ class EmbeddedBroker:
         Topics to create instead of `streaming.kafka.default_topics` (``[]``: none).
     ready_timeout, stop_timeout
         Seconds to wait for readiness, and between SIGTERM and SIGKILL on stop.
+
+    Notes
+    -----
+    The broker and the store run in their own process groups and are SIGKILLed by the kernel
+    if the thread that started them exits (even on ``kill -9`` of this process), so start
+    them from the main thread or one that lives as long as they should.
     """
 
     host = "127.0.0.1"
@@ -188,7 +197,7 @@ class EmbeddedBroker:
             self._temp_dir = Path(tempfile.mkdtemp(prefix="fastslow-broker-"))
         return self._temp_dir
 
-    def _start_broker(self):
+    def _start_broker(self) -> KafkaAdminClient:
         """Run Tansu until it answers metadata; return the connected admin client.
 
         A free port taken by someone else before Tansu binds it is retried with another.
@@ -197,6 +206,9 @@ class EmbeddedBroker:
         for attempt in range(1, attempts + 1):
             if attempt > 1 or self.port == 0:
                 self.port = free_port(self.host)
+            elif port_open(self.host, self.port):  # else we might talk to someone else's
+                raise ServiceError("tansu broker", f"port {self.port} on {self.host} is in use",
+                                   "stop what listens there, or pick another port (0: any)")
             self._process = self._broker_process()
             self._process.start()
             try:
@@ -214,10 +226,12 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         argv = [str(find_tansu()), "broker", "--listener-url", url,
                 "--advertised-listener-url", url, "--storage-engine", self.storage_url]
-        env = self._store.aws_env() if self._store is not None else {}
+        env = {"NO_COLOR": "1"}  # plain-text log
+        if self._store is not None:
+            env.update(self._store.aws_env())
         return ServiceProcess("tansu broker", argv, self._log_dir() / "broker.log", env=env)
 
-    def _wait_ready(self):
+    def _wait_ready(self) -> KafkaAdminClient:
         """Wait for the port, then for a real Kafka metadata answer; return the admin client."""
         from kafka.errors import KafkaError
 
@@ -229,13 +243,20 @@ class EmbeddedBroker:
         def answers_metadata() -> bool:
             try:
                 admin = make_admin(self.bootstrap, request_timeout_ms=2000)
+            except KafkaError:  # e.g. NoBrokersAvailable while it is still starting
+                return False
+            try:
                 admin.list_topics()
             except KafkaError:
+                admin.close()
                 return False
             clients.append(admin)
             return True
 
         wait_until(answers_metadata, process, self.ready_timeout, "answering metadata requests")
+        if not process.running:  # answered, then died: the port was not ours after all
+            clients[0].close()
+            raise process.fail(f"exited with status {process.returncode} right after starting")
         return clients[0]
 
 

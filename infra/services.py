@@ -81,13 +81,20 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Child-side hook (before exec): SIGKILL this process when the parent thread exits."""
+def _load_prctl():
+    """libc's ``prctl``, loaded in the parent (never after fork), or None off glibc Linux."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:  # not glibc Linux: the parent's finally/atexit is the only guard
-        return
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Child-side hook (between fork and exec): SIGKILL this process when the parent exits."""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -106,8 +113,9 @@ class ServiceProcess:
     env
         Extra environment variables layered over the parent's environment.
     die_with_parent
-        Ask the kernel to SIGKILL the service when the thread that started it exits. Start
-        long-lived services from the main thread (or a thread that outlives them).
+        Ask the kernel (Linux ``PR_SET_PDEATHSIG``) to SIGKILL the service when the *thread*
+        that started it exits. Start long-lived services from the main thread (or a thread
+        that outlives them).
     """
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path,
@@ -140,7 +148,7 @@ class ServiceProcess:
             raise ServiceError(self.name, f"already running as pid {self.pid}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         parent = os.getpid()
-        hook = (lambda: _die_with_parent(parent)) if self.die_with_parent else None
+        hook = (lambda: _die_with_parent(parent)) if self.die_with_parent and _PRCTL else None
         with open(self.log_path, "ab") as log:
             try:
                 self._proc = subprocess.Popen(

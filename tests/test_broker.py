@@ -182,6 +182,12 @@ def test_startup_failure_reports_the_broker_log(tmp_path):
     assert not broker.running
 
 
+def test_a_taken_port_is_refused_instead_of_shared(broker, tmp_path):
+    port = int(broker.rsplit(":", 1)[1])
+    with pytest.raises(ServiceError, match=f"port {port} .* is in use"):
+        EmbeddedBroker(port=port, data_dir=tmp_path).start()
+
+
 def test_storage_engine_and_durable_dir_conflict(tmp_path):
     with pytest.raises(ConfigError, match="storage_engine"):
         EmbeddedBroker(storage_engine="memory://tansu/", durable_dir=tmp_path)
@@ -249,3 +255,18 @@ def test_broker_dies_with_a_killed_parent(tmp_path):
     while _pids_with_arg(f"tcp://{bootstrap}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pids_with_arg(f"tcp://{bootstrap}") == []
+
+
+def test_bootstrap_or_embedded_uses_a_given_cluster_or_starts_one(broker):
+    from infra.broker import bootstrap_or_embedded
+
+    with bootstrap_or_embedded(broker) as given:
+        assert given == broker
+    with bootstrap_or_embedded(None, partitions=2) as started:
+        assert started != broker
+        admin = make_admin(started)
+        counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics([TOPIC_INTERACTIONS])}
+        admin.close()
+        assert counts == {TOPIC_INTERACTIONS: 2}
+    port = int(started.rsplit(":", 1)[1])
+    assert not port_open("127.0.0.1", port)
