@@ -28,6 +28,7 @@ app.add_typer(bench_app, name="bench")
 COMMANDS: list[tuple[str, str]] = [
     ("synth", "evaluation.synth:synth_command"),
     ("broker", "infra.broker:broker_command"),
+    ("replay", "evaluation.cli:replay_command"),
 ]
 BENCHES: list[tuple[str, str]] = [
     ("features", "features.bench:bench_features"),
