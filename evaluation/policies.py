@@ -16,6 +16,8 @@ POLICIES: dict[str, str] = {
     "itemknn": "evaluation.peers:itemknn",
     "river-mf": "evaluation.river_mf:river_mf",
     "implicit-als": "evaluation.als:implicit_als",
+    "slow": "evaluation.ablations:slow",
+    "finetune": "evaluation.ablations:finetune",
 }
 
 
@@ -27,7 +29,7 @@ def make_policy(name: str, seed: int = 0) -> Recommender:
     >>> make_policy("nope")
     Traceback (most recent call last):
     ...
-    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: implicit-als, itemknn, popularity, river-mf
+    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: finetune, implicit-als, itemknn, popularity, river-mf, slow
     """
     target = POLICIES.get(name)
     if target is None:
