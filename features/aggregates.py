@@ -1,14 +1,14 @@
-"""Streaming user and item features computed from events, one row per change.
+"""Streaming user and item features computed from events, one row per changed key.
 
 `StreamAggregates.update` takes a micro-batch of events (the event-log columns) and returns,
-per streaming feature view, the rows that changed: one row per event, describing its user
-(or item) just after that event, plus rows for keys whose windows lost events because stream
-time moved on. A row's ``event_timestamp`` is the time its values hold from. The feature
-store client pushes the newest row per key online and keeps every row offline for
-point-in-time training frames.
+per streaming feature view, one row for each user (item) whose features the batch changed,
+describing it as of its newest event, plus rows for keys whose windows lost events because
+stream time moved on, as of the stream clock (the newest event time seen). A row's
+``event_timestamp`` is the time its values hold from. The feature store client pushes these
+rows online and appends them offline, so a point-in-time training frame sees, for each event,
+what an online lookup made between micro-batches would have seen.
 
-Windows are half-open, ``(T - w, T]``, evaluated at the row's time T: the key's newest event,
-or the stream clock (newest event seen in any batch) for a row emitted because events expired.
+Windows are half-open, ``(T - w, T]``, evaluated at the row's time T.
 
 User features: ``events_1h``/``events_1d`` (events in the last hour/day), ``distinct_items_1d``,
 ``last_item``/``last_event_type`` (of the newest event), ``seconds_since_prev`` (gap between the
@@ -18,9 +18,9 @@ when the long window is empty). A ``skip`` says nothing good about an item, so i
 the user's activity but not for the item's popularity.
 
 Row times strictly increase per key: a row that would not be newer than the key's previous row
-(same-instant events, or an out-of-order event folded into the windows) is stamped one
-microsecond after it, so "newer event time wins" is well defined downstream. Events whose
-``event_id`` was already seen (a redelivered message) are ignored.
+(same-instant events in the next batch, or out-of-order events folded into the windows) is
+stamped one microsecond after it, so "newer event time wins" is well defined downstream.
+Events whose ``event_id`` was already seen (a redelivered message) are ignored.
 
 >>> import pandas as pd
 >>> t0 = pd.Timestamp("2024-01-01 12:00", tz="UTC")
@@ -35,7 +35,6 @@ microsecond after it, so "newer event time wins" is well defined downstream. Eve
 >>> rows = StreamAggregates().update(events)
 >>> print(rows["user_stream"].drop(columns="last_event_type").to_string(index=False))
 user_id           event_timestamp  events_1h  events_1d  distinct_items_1d last_item  seconds_since_prev
-     u1 2024-01-01 12:00:00+00:00          1          1                  1         a                -1.0
      u1 2024-01-01 12:30:00+00:00          2          2                  2         b              1800.0
      u2 2024-01-01 14:00:00+00:00          1          1                  1         a                -1.0
      u1 2024-01-01 14:00:00+00:00          0          2                  2         b              1800.0
@@ -145,21 +144,20 @@ class StreamAggregates:
     def update(self, events: pa.Table | pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold a micro-batch of events in; return the changed rows per streaming view."""
         users, items, kinds, times, ids = _columns(events)
-        user_rows: list[tuple] = []
-        item_rows: list[tuple] = []
+        changed_users: dict[str, None] = {}
+        changed_items: dict[str, None] = {}
         for k in range(len(times)):
             if ids is not None and self._is_duplicate(ids[k]):
                 continue
             ts = times[k]
             if ts > self.clock:
                 self.clock = ts
-            row = self._user_event(users[k], items[k], kinds[k], ts)
-            if row is not None:
-                user_rows.append(row)
-            if kinds[k] != "skip":
-                row = self._item_event(items[k], ts)
-                if row is not None:
-                    item_rows.append(row)
+            if self._user_event(users[k], items[k], kinds[k], ts):
+                changed_users[users[k]] = None
+            if kinds[k] != "skip" and self._item_event(items[k], ts):
+                changed_items[items[k]] = None
+        user_rows = [self._user_row(u, self._users[u], self._users[u].now) for u in changed_users]
+        item_rows = [self._item_row(i, self._items[i], self._items[i].now) for i in changed_items]
         self._expire(user_rows, item_rows)
         return {"user_stream": VIEWS["user_stream"].frame(user_rows),
                 "item_stream": VIEWS["item_stream"].frame(item_rows)}
@@ -174,12 +172,13 @@ class StreamAggregates:
             self._seen.popitem(last=False)
         return False
 
-    def _user_event(self, user: str, item: str, kind: str, ts: int) -> tuple | None:
+    def _user_event(self, user: str, item: str, kind: str, ts: int) -> bool:
+        """Fold one event into its user's state; False if it changes nothing."""
         st = self._users.get(user)
         if st is None:
             st = self._users[user] = _UserState()
         if ts <= st.now - DAY_US:
-            return None  # older than every window: changes nothing
+            return False  # older than every window
         if ts >= st.last:
             st.prev = st.last if st.last >= 0 else None
             st.last, st.last_item, st.last_type = ts, item, kind
@@ -189,9 +188,11 @@ class StreamAggregates:
             _insert(st.hour, ts)
         _insert(st.day, (ts, item))
         st.items[item] = st.items.get(item, 0) + 1
-        return self._user_row(user, st, max(st.now, ts))
+        st.now = max(st.now, ts)
+        return True
 
     def _user_row(self, user: str, st: _UserState, at: int) -> tuple:
+        """The user's feature row as of `at` (no earlier than its newest event)."""
         st.now = at
         _prune(st.hour, at - HOUR_US)
         _prune_day(st, at - DAY_US)
@@ -203,18 +204,21 @@ class StreamAggregates:
         return (user, st.row_ts, len(st.hour), len(st.day), len(st.items), st.last_item,
                 st.last_type, gap)
 
-    def _item_event(self, item: str, ts: int) -> tuple | None:
+    def _item_event(self, item: str, ts: int) -> bool:
+        """Fold one event into its item's state; False if it changes nothing."""
         st = self._items.get(item)
         if st is None:
             st = self._items[item] = _ItemState()
         if ts <= st.now - self._long_us:
-            return None
+            return False
         if ts > st.now - self._short_us:
             _insert(st.short, ts)
         _insert(st.long, ts)
-        return self._item_row(item, st, max(st.now, ts))
+        st.now = max(st.now, ts)
+        return True
 
     def _item_row(self, item: str, st: _ItemState, at: int) -> tuple:
+        """The item's feature row as of `at` (no earlier than its newest event)."""
         st.now = at
         _prune(st.short, at - self._short_us)
         _prune(st.long, at - self._long_us)

@@ -32,6 +32,9 @@ def bench_features(
     """Time online feature lookups for 1 user + N candidate items."""
     import numpy as np
 
+    if events < max(users, items) or candidates > items:
+        raise typer.BadParameter("need events >= users and items, and candidates <= items")
+
     from features.repository import apply_repo
     from features.store import FeatureStoreClient
     from infra.redis import RedisServer
@@ -83,11 +86,11 @@ def _push(client, rng, users: int, items: int, events: int) -> float:
         "event_type": rng.choice(["view", "click", "purchase"], events),
         "value": 1.0,
     })
-    frame["context"] = [json.dumps({"category": f"c{int(i[1:]) % 20}", "price": 1.0 + int(i[1:]) % 7})
-                        for i in frame["item_id"]]
     # Every user and item gets at least one event, so every lookup finds all of them.
     frame.loc[: users - 1, "user_id"] = [f"u{k}" for k in range(users)]
     frame.loc[: items - 1, "item_id"] = [f"i{k}" for k in range(items)]
+    frame["context"] = [json.dumps({"category": f"c{int(i[1:]) % 20}",
+                                    "price": 1.0 + int(i[1:]) % 7}) for i in frame["item_id"]]
     began = time.perf_counter()
     for lo in range(0, events, 1000):
         client.push_events(frame.iloc[lo: lo + 1000])

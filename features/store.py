@@ -223,18 +223,20 @@ class FeatureStoreClient:
         results = (self._online.online_read(self.store.config, self._views[view], entity_keys)
                    if keys else [])
         columns = {f: [d] * len(keys) for f, d in spec.defaults.items()}
-        found = np.zeros(len(keys), dtype=bool)
+        found = [False] * len(keys)
         for k, (_, values) in enumerate(results):
             if not values:
                 continue
             for name, value in values.items():
-                kind = value.WhichOneof("val")
-                if kind is not None and name in columns:
-                    columns[name][k] = getattr(value, kind)
+                kind = value.WhichOneof("val")  # None: Redis's placeholder for "no value"
+                column = columns.get(name)
+                if kind is not None and column is not None:
+                    column[k] = getattr(value, kind)
                     found[k] = True
+        mask = np.array(found, dtype=bool)
         self.reads[view] += len(keys)
-        self.missing[view] += int(len(keys) - found.sum())
-        return columns, found
+        self.missing[view] += int(len(keys) - mask.sum())
+        return columns, mask
 
     # ---- training ------------------------------------------------------------------------
 

@@ -27,12 +27,14 @@ says, per view, how many events got defaults.
 >>> events = pd.DataFrame({"user_id": ["u1", "u1", "u1"], "item_id": ["a", "b", "a"],
 ...                        "event_type": "click",
 ...                        "timestamp": [t0, t0 + pd.Timedelta("1min"), t0 + pd.Timedelta("9min")]})
->>> _ = client.push_events(events)
+>>> for batch in (events.iloc[:2], events.iloc[2:]):  # two micro-batches
+...     _ = client.push_events(batch)
 >>> frame = training_frame(client.store, events)
+>>> # the second event shares the first's micro-batch, so it sees no feature row yet
 >>> frame[["item_id", "events_1h", "last_item", "pop_long"]].values.tolist()
-[['a', 0, '', 0], ['b', 1, 'a', 0], ['a', 2, 'b', 1]]
+[['a', 0, '', 0], ['b', 0, '', 0], ['a', 2, 'b', 1]]
 >>> frame.attrs["defaults"]
-{'user_stream': 1, 'user_attributes': 3, 'item_stream': 2, 'item_attributes': 3}
+{'user_stream': 2, 'user_attributes': 3, 'item_stream': 2, 'item_attributes': 3}
 """
 
 from __future__ import annotations

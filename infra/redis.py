@@ -2,7 +2,8 @@
 
 `RedisServer` starts Debian's ``redis-server`` (``make services`` installs it) with no
 persistence, on 127.0.0.1 and a free port unless one is given, waits until it answers PING,
-and stops it on exit (SIGTERM, then SIGKILL after a timeout).
+and stops it on exit (SIGTERM, then SIGKILL after a timeout). It runs as an
+`infra.services.ServiceProcess`, so it dies with its parent even if that is killed.
 
 >>> with RedisServer() as server:
 ...     print(server.url.startswith("redis://127.0.0.1:"), server.ping())
@@ -16,21 +17,13 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from fastslow.errors import ServiceError
+from infra.services import ServiceProcess, free_port, wait_until
 
 logger = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:
@@ -51,12 +44,17 @@ class RedisServer:
         self.port = port
         self.binary = binary
         self.startup_timeout_s = startup_timeout_s
-        self._process: subprocess.Popen | None = None
+        self._process: ServiceProcess | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
 
     @property
+    def pid(self) -> int | None:
+        """Process id of the running server, or None."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0`` of the running server."""
+        """``redis://127.0.0.1:PORT/0`` of the server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
@@ -67,20 +65,16 @@ class RedisServer:
                                "run `make services` (apt-get install redis-server)")
         self.port = self.port or free_port()
         self._workdir = tempfile.TemporaryDirectory(prefix="fastslow-redis-")
-        log = Path(self._workdir.name) / "redis.log"
-        args = [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self._workdir.name, "--logfile", str(log),
-                "--daemonize", "no"]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + self.startup_timeout_s
-        while not self.ping():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text()[-500:] if log.exists() else ""
-                self.stop()
-                raise ServiceError("redis", f"server on port {self.port} did not come up",
-                                   f"log: {tail.strip() or 'empty'}")
-            time.sleep(0.02)
+        argv = [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self._workdir.name, "--logfile", ""]
+        self._process = ServiceProcess("redis-server", argv,
+                                       Path(self._workdir.name) / "redis.log")
+        try:
+            self._process.start()
+            wait_until(self.ping, self._process, self.startup_timeout_s, "answering PING")
+        except ServiceError:
+            self.stop()
+            raise
         logger.info("redis-server pid %d on 127.0.0.1:%d", self._process.pid, self.port)
         return self
 
@@ -96,13 +90,8 @@ class RedisServer:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its working folder."""
         try:
-            if self._process is not None and self._process.poll() is None:
-                self._process.terminate()
-                try:
-                    self._process.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait(timeout_s)
+            if self._process is not None:
+                self._process.stop(timeout_s)
         finally:
             self._process = None
             if self._workdir is not None:

@@ -20,10 +20,27 @@ def _last(rows: pd.DataFrame, key_col: str, key: str) -> dict:
     return rows[rows[key_col] == key].iloc[-1].to_dict()
 
 
+def _one_batch_per_event(agg: StreamAggregates, events: pd.DataFrame, view: str) -> pd.DataFrame:
+    """The first row each single-event batch gives for that event's key."""
+    key = "user_id" if view == "user_stream" else "item_id"
+    firsts = []
+    for k in range(len(events)):
+        rows = agg.update(events.iloc[[k]])[view]
+        firsts.append(rows[rows[key] == events[key].iloc[k]].iloc[:1])
+    return pd.concat(firsts, ignore_index=True)
+
+
+def test_one_row_per_changed_key_per_batch():
+    events = make_events([("u", "a", 0), ("u", "b", 5), ("v", "a", 7), ("u", "a", 9)])
+    rows = StreamAggregates().update(events)
+    assert rows["user_stream"][["user_id", "event_timestamp", "events_1h"]].values.tolist() == [
+        ["u", at(9), 3], ["v", at(7), 1]]
+    assert rows["item_stream"][["item_id", "pop_short"]].values.tolist() == [["a", 3], ["b", 1]]
+
+
 def test_user_windows_count_the_last_hour_and_day():
     events = make_events([("u", "a", 0), ("u", "b", 50), ("u", "a", 100), ("u", "c", 1500)])
-    rows = StreamAggregates().update(events)["user_stream"]
-    per_event = rows.iloc[:4]
+    per_event = _one_batch_per_event(StreamAggregates(), events, "user_stream")
     # at 100 min: events in (40, 100] -> 2; in the day -> 3; distinct {a, b} -> 2
     assert per_event.iloc[2][["events_1h", "events_1d", "distinct_items_1d"]].tolist() == [2, 3, 2]
     # at 1500 min (25 h): the hour holds only itself; the day (60, 1500] holds 100 and 1500
@@ -37,8 +54,8 @@ def test_item_popularity_and_trend_match_hand_computation():
     events = make_events([("u1", "a", 0), ("u2", "a", 30), ("u3", "a", 55), ("u4", "a", 58),
                           ("u5", "a", 59, "skip")])
     rows = agg.update(events)["item_stream"]
-    last = rows.iloc[3]  # the skip adds no item row
-    assert len(rows) == 4
+    assert len(rows) == 1  # one item changed; the skip adds nothing
+    last = rows.iloc[0]
     # at 58 min: short window (48, 58] holds 55 and 58; long window holds all four
     assert (last["pop_short"], last["pop_long"]) == (2, 4)
     assert math.isclose(last["pop_trend"], (2 / 600) / (4 / 3600))
@@ -57,7 +74,7 @@ def test_expired_windows_emit_rows_as_of_the_stream_clock():
 
 def test_row_times_strictly_increase_per_key_for_ties_and_late_events():
     events = make_events([("u", "a", 10), ("u", "b", 10), ("u", "c", 5)])
-    rows = StreamAggregates().update(events)["user_stream"]
+    rows = _one_batch_per_event(StreamAggregates(), events, "user_stream")
     times = rows["event_timestamp"].tolist()
     assert times == [at(10), at(10) + pd.Timedelta(microseconds=1),
                      at(10) + pd.Timedelta(microseconds=2)]

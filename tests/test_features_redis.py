@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from features_fixtures import (
     applied_repo,
@@ -29,10 +31,12 @@ def repo(tmp_path_factory, redis_server):
 
 def test_redis_server_starts_on_loopback_and_stops_cleanly():
     server = RedisServer().start()
-    port = server.port
+    port, pid = server.port, server.pid
     assert server.ping() and server.url == f"redis://127.0.0.1:{port}/0"
     server.stop()
-    assert not server.ping()
+    assert not server.ping() and server.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_missing_redis_binary_is_a_service_error():

@@ -80,7 +80,9 @@ def test_sub_second_updates_sqlite(repo):
 
 def test_every_newer_row_goes_offline_and_only_the_newest_online(repo):
     client = FeatureStoreClient(repo)
-    client.push_events(make_events([("gina", "z", 0), ("gina", "z", 5), ("gina", "y", 9)]))
+    events = make_events([("gina", "z", 0), ("gina", "z", 5), ("gina", "y", 9)])
+    for k in range(len(events)):
+        client.push_events(events.iloc[[k]])
     offline = client.offline.read("user_stream").to_pandas()
     mine = offline[offline["user_id"] == "gina"].sort_values("event_timestamp")
     assert mine["events_1h"].tolist() == [1, 2, 3]

@@ -27,9 +27,11 @@ def test_value_written_after_the_event_is_not_used(client):
 
 
 def test_row_written_at_the_event_time_is_not_used(client):
-    # the row an event produces describes the state after it: its own label must not leak
+    # a batch's rows describe the state after it: an event must not see its own label, nor
+    # the state after a same-instant event of its batch
     events = make_events([("vic", "a", 0), ("vic", "b", 10), ("vic", "c", 10)], start_id=100)
-    client.push_events(events)
+    client.push_events(events.iloc[:1])
+    client.push_events(events.iloc[1:])
     frame = client.training_frame(events)
     assert frame["events_1h"].tolist() == [0, 1, 1]
     assert frame["last_item"].tolist() == ["", "a", "a"]

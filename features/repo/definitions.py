@@ -12,8 +12,8 @@ point-in-time training frames.
 
 >>> [fv.name for fv in FEATURE_VIEWS]
 ['user_stream', 'user_attributes', 'item_stream', 'item_attributes']
->>> [f.name for f in user_stream.features]
-['events_1h', 'events_1d', 'distinct_items_1d', 'last_item', 'last_event_type', 'seconds_since_prev']
+>>> [f.name for f in item_stream.features]
+['pop_short', 'pop_long', 'pop_trend']
 """
 
 from __future__ import annotations
