@@ -29,6 +29,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("synth", "evaluation.synth:synth_command"),
     ("broker", "infra.broker:broker_command"),
     ("replay", "evaluation.cli:replay_command"),
+    ("produce", "streaming.cli:produce_command"),
+    ("worker", "streaming.cli:worker_command"),
 ]
 BENCHES: list[tuple[str, str]] = [
     ("features", "features.bench:bench_features"),

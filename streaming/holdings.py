@@ -1,0 +1,171 @@
+"""What a worker holds per partition, and how it is snapshotted, restored and handed over.
+
+For each partition it holds, the worker keeps a `Holding`: the next offset to read (every
+event before it is in the model), the users seen on the partition, the dedup window, and the
+events applied since the last archive write. `Holdings` saves all of it with the model in
+`streaming.snapshots` files and decides, when the group assigns partitions, which state to use:
+
+- A partition the worker still holds (same process, or restored from its own worker
+  snapshot) keeps its in-memory state, unless the partition snapshot is further ahead: then
+  another worker advanced it meanwhile, and its snapshot replaces the users' state.
+- A newly assigned partition gets its users from its partition snapshot
+  (`streaming.state.PartitionedState.import_users`), its dedup window and its offset.
+- A partition with no snapshot starts at the group's committed offset (or the beginning).
+- A partition no longer assigned is released: its users are forgotten
+  (``forget_users``), so the model keeps only users of partitions this worker owns.
+
+Every restored partition also has the archive trimmed at its resume offset
+(`streaming.archive.EventArchive.truncate`), since everything after it is read again.
+
+Models without `PartitionedState` keep working: their whole state is in the worker snapshot
+and restored on restart, but users do not move between workers (a warning says so once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from fastslow.errors import ConfigError
+from streaming.archive import ArchiveSegment, EventArchive
+from streaming.dedup import DedupWindow
+from streaming.snapshots import PartitionSnapshot, SnapshotError, SnapshotStore, WorkerSnapshot
+from streaming.state import supports_partitioned_state
+
+logger = logging.getLogger(__name__)
+
+
+class Holding:
+    """One partition's state in a worker."""
+
+    __slots__ = ("partition", "position", "users", "dedup", "segment")
+
+    def __init__(self, partition: int, position: int | None, users: Iterable[str] = (),
+                 dedup: DedupWindow | None = None, dedup_window: int = 100_000) -> None:
+        self.partition = partition
+        self.position = position
+        self.users: set[str] = set(users)
+        self.dedup = dedup if dedup is not None else DedupWindow(dedup_window)
+        self.segment = ArchiveSegment(partition)
+
+    def take_segment(self) -> ArchiveSegment:
+        """The events waiting for the archive; a fresh segment takes their place."""
+        segment, self.segment = self.segment, ArchiveSegment(self.partition)
+        return segment
+
+
+class Holdings:
+    """The partitions a worker holds state for (see the module docstring).
+
+    Parameters
+    ----------
+    store, archive
+        Where snapshots and archived events live.
+    topic, group_id, worker_id
+        Identify the snapshots.
+    dedup_window
+        Event ids remembered per partition.
+    """
+
+    def __init__(self, store: SnapshotStore, archive: EventArchive, *, topic: str, group_id: str,
+                 worker_id: str, dedup_window: int) -> None:
+        self.store, self.archive = store, archive
+        self.topic, self.group_id, self.worker_id = topic, group_id, worker_id
+        self.dedup_window = dedup_window
+        self.held: dict[int, Holding] = {}
+        self._warned = False
+
+    def restore_worker(self, model: object) -> object:
+        """The model from this worker's snapshot (holding its partitions), or ``model`` itself."""
+        snapshot = self.store.read_worker(self.worker_id)
+        if snapshot is None:
+            return model
+        if type(snapshot.model) is not type(model):
+            raise SnapshotError(self.store.worker_path(self.worker_id),
+                                f"holds a {type(snapshot.model).__name__} model, the worker was given "
+                                f"a {type(model).__name__}")
+        for p, offset in snapshot.offsets.items():
+            self.held[p] = Holding(p, offset, snapshot.users.get(p, ()),
+                                   DedupWindow(self.dedup_window, snapshot.dedup.get(p, ())))
+        logger.info("restored worker snapshot of %s: partitions %s at offsets %s", self.worker_id,
+                    sorted(snapshot.offsets), [snapshot.offsets[p] for p in sorted(snapshot.offsets)])
+        return snapshot.model
+
+    def snapshot(self, model: object) -> None:
+        """Write the worker snapshot, then one file per held partition (positions must be known)."""
+        held = {p: h for p, h in self.held.items() if h.position is not None}
+        self.store.write_worker(WorkerSnapshot(
+            self.topic, self.group_id, self.worker_id, model,
+            offsets={p: h.position for p, h in held.items()},
+            users={p: sorted(h.users) for p, h in held.items()},
+            dedup={p: h.dedup.ids() for p, h in held.items()}))
+        partitioned = supports_partitioned_state(model)
+        for p, h in held.items():
+            state = model.export_users(sorted(h.users)) if partitioned else None
+            self.store.write_partition(PartitionSnapshot(self.topic, p, h.position, self.worker_id,
+                                                         sorted(h.users), h.dedup.ids(), state))
+
+    def assign(self, partitions: Iterable[int], model: object) -> dict[int, int | None]:
+        """Take up ``partitions`` (releasing the others); return the offset to resume each at.
+
+        None means no state exists for the partition: the caller resumes it at the group's
+        committed offset and reports that offset with `start_at`.
+        """
+        partitions = set(partitions)
+        self.release([p for p in self.held if p not in partitions], model)
+        resume = {}
+        for p in sorted(partitions):
+            snapshot = self.store.read_partition(p)
+            mine = self.held.get(p)
+            if mine is not None and mine.position is not None and (snapshot is None or snapshot.offset <= mine.position):
+                logger.info("partition %d: resuming held state at offset %d", p, mine.position)
+            elif snapshot is not None:
+                self._adopt(snapshot, model)
+            else:
+                self.held[p] = Holding(p, None, dedup_window=self.dedup_window)
+            resume[p] = self.held[p].position
+            if resume[p] is not None:
+                self.archive.truncate(p, resume[p])
+        return resume
+
+    def start_at(self, partition: int, offset: int) -> None:
+        """Record where a partition without any state starts (and trim the archive there)."""
+        self.held[partition].position = offset
+        self.archive.truncate(partition, offset)
+        if offset:
+            logger.warning("partition %d has no snapshot: starting at committed offset %d with no fast "
+                           "state for the events before it", partition, offset)
+
+    def release(self, partitions: Iterable[int], model: object) -> None:
+        """Stop holding ``partitions``: forget their users (when the model can)."""
+        for p in list(partitions):
+            holding = self.held.pop(p, None)
+            if holding is None:
+                continue
+            if supports_partitioned_state(model):
+                model.forget_users(sorted(holding.users))
+            elif holding.users:
+                self._warn_not_partitioned(model)
+            logger.info("partition %d released (%d users)", p, len(holding.users))
+
+    def _adopt(self, snapshot: PartitionSnapshot, model: object) -> None:
+        """Replace whatever is held for the snapshot's partition with the snapshot's state."""
+        p = snapshot.partition
+        if snapshot.topic != self.topic:
+            raise ConfigError("topic", self.topic, f"the topic of snapshot {self.store.partition_path(p)} "
+                                                   f"({snapshot.topic!r})")
+        self.release([p], model)
+        if snapshot.state is not None and supports_partitioned_state(model):
+            model.import_users(snapshot.state)
+        elif snapshot.users:
+            self._warn_not_partitioned(model)
+        self.held[p] = Holding(p, snapshot.offset, snapshot.users,
+                               DedupWindow(self.dedup_window, snapshot.dedup))
+        logger.info("partition %d: adopted snapshot of %s at offset %d (%d users)", p, snapshot.writer,
+                    snapshot.offset, len(snapshot.users))
+
+    def _warn_not_partitioned(self, model: object) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("%s does not implement streaming.state.PartitionedState: users do not move "
+                           "with their partitions between workers", type(model).__name__)

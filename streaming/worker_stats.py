@@ -1,0 +1,85 @@
+"""Counters a running worker keeps, for logs, benchmarks and the serving ``/metrics`` endpoint.
+
+The worker thread updates them; other threads read them (each field is a plain value or a
+dict replaced as a whole, so a reader never sees a half-updated field).
+
+>>> stats = WorkerStats(worker_id="w1")
+>>> stats.record_batch(BatchReport(records=5, applied=3, rejected=1, duplicates=1, users={"u"},
+...                                seconds=0.002), last_record_timestamp_ms=None)
+>>> d = stats.as_dict()
+>>> d["events_applied"], d["dlq"], d["duplicates"], d["batches"], d["last_apply_seconds"]
+(3, 1, 1, 1, 0.002)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BatchReport:
+    """What one polled batch did (passed to the worker's ``on_batch`` callback)."""
+
+    records: int
+    """Messages consumed."""
+    applied: int
+    """Events learned by the model."""
+    rejected: int
+    """Messages sent to the dead-letter topic."""
+    duplicates: int
+    """Events skipped because their id was applied before."""
+    users: set[str]
+    """Users whose state changed."""
+    seconds: float
+    """Wall time to decode and apply the batch."""
+
+
+@dataclass
+class WorkerStats:
+    """Running totals of one worker."""
+
+    worker_id: str
+    records: int = 0
+    events_applied: int = 0
+    dlq: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    commits: int = 0
+    snapshots: int = 0
+    assigned: list[int] = field(default_factory=list)
+    """Partitions owned now."""
+    lag: dict[int, int] = field(default_factory=dict)
+    """Per assigned partition: high watermark (from the last fetch) minus the next offset to read."""
+    last_apply_seconds: float | None = None
+    """Wall time the last batch took to decode and apply."""
+    last_apply_latency_ms: float | None = None
+    """Milliseconds from the Kafka timestamp of the last record applied to the end of its batch."""
+    last_snapshot_seconds: float | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def record_batch(self, report: BatchReport, last_record_timestamp_ms: int | None) -> None:
+        """Add one batch's counts."""
+        self.records += report.records
+        self.events_applied += report.applied
+        self.dlq += report.rejected
+        self.duplicates += report.duplicates
+        self.batches += 1
+        self.last_apply_seconds = report.seconds
+        if last_record_timestamp_ms is not None and last_record_timestamp_ms >= 0:
+            self.last_apply_latency_ms = time.time() * 1000 - last_record_timestamp_ms
+
+    @property
+    def total_lag(self) -> int:
+        """Records behind, summed over the assigned partitions with a known lag."""
+        return sum(self.lag.values())
+
+    def as_dict(self) -> dict:
+        """A JSON-ready copy (partition keys as strings)."""
+        return {"worker_id": self.worker_id, "records": self.records, "events_applied": self.events_applied,
+                "dlq": self.dlq, "duplicates": self.duplicates, "batches": self.batches,
+                "commits": self.commits, "snapshots": self.snapshots, "assigned": list(self.assigned),
+                "lag": {str(p): n for p, n in sorted(self.lag.items())}, "total_lag": self.total_lag,
+                "last_apply_seconds": self.last_apply_seconds, "last_apply_latency_ms": self.last_apply_latency_ms,
+                "last_snapshot_seconds": self.last_snapshot_seconds,
+                "uptime_seconds": round(time.time() - self.started_at, 3)}
