@@ -15,6 +15,7 @@ from features.repository import redis_connection_string, write_repo_config
 from features.schema import VIEWS
 
 
+@pytest.mark.slow  # imports Feast (~5 s)
 def test_schema_matches_the_feast_definitions():
     from feast.types import Float64, Int64, String
 
