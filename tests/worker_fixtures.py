@@ -1,0 +1,122 @@
+"""Helpers for the producer and worker tests: event tables, a small partitioned model, replay.
+
+`UserItemCounts` is a real (if tiny) recommender that implements
+`streaming.state.PartitionedState` honestly, and whose whole state does not depend on how
+events of different users interleave, so a worker's state can be compared exactly with an
+in-process replay of the same events.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import uuid
+from collections import Counter
+from collections.abc import Collection
+
+import numpy as np
+import pyarrow as pa
+
+from models.base import Recommender
+from streaming.kafka import TopicSpec, committed_offsets, ensure_topics
+from streaming.normalize import EVENT_SCHEMA
+
+BASE_MS = 1714564800000  # 2024-05-01T12:00:00Z
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def make_topics(bootstrap: str, partitions: int = 4) -> tuple[str, str]:
+    """A fresh interactions topic and its dead-letter topic."""
+    topic = unique("interactions")
+    ensure_topics(bootstrap, [TopicSpec(topic, partitions), TopicSpec(topic + ".dlq", 1)])
+    return topic, topic + ".dlq"
+
+
+def event_table(n: int, users: int = 50, items: int = 40, seed: int = 0, start_ms: int = BASE_MS,
+                prefix: str = "e") -> pa.Table:
+    """``n`` events with unique ids, ``users`` users, ``items`` items, one per second."""
+    rng = np.random.default_rng(seed)
+    stamps = start_ms + np.arange(n, dtype=np.int64) * 1000
+    return pa.table({
+        "event_id": [f"{prefix}{seed}-{k}" for k in range(n)],
+        "user_id": [f"u{u}" for u in rng.integers(0, users, n)],
+        "item_id": [f"i{i}" for i in rng.integers(0, items, n)],
+        "timestamp": pa.array(stamps).cast(pa.timestamp("ms", tz="UTC")),
+        "event_type": rng.choice(["view", "click", "purchase"], n).tolist(),
+        "value": rng.integers(1, 4, n).astype(np.float64),
+        "context": pa.nulls(n, pa.string()),
+    }, schema=EVENT_SCHEMA)
+
+
+def replay(model: Recommender, table: pa.Table) -> Recommender:
+    """Learn every event of ``table`` in row order, as the prequential replay does."""
+    stamps = table.column("timestamp").cast(pa.int64()).to_pylist()
+    for u, i, t, e, v in zip(table.column("user_id").to_pylist(), table.column("item_id").to_pylist(), stamps,
+                             table.column("event_type").to_pylist(), table.column("value").to_pylist()):
+        model.learn_one(u, i, t / 1000, e, v)
+    return model
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``condition()`` until true; fail the test with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    return sum(o or 0 for o in committed_offsets(bootstrap, group, topic).values())
+
+
+class UserItemCounts(Recommender):
+    """Per user: weight per item, last item, event count, last time. Global: item weights and
+    transitions (a user's previous item -> next item). Recommends by transitions from the user's
+    last item, then by item weight, then by item id."""
+
+    name = "user-item-counts"
+
+    def __init__(self) -> None:
+        self._users: dict[str, dict] = {}
+        self._popularity: Counter[str] = Counter()
+        self._transitions: dict[str, Counter[str]] = {}
+
+    def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
+        state = self._users.setdefault(user_id, {"items": {}, "last": None, "events": 0, "time": 0.0})
+        if state["last"] is not None:
+            self._transitions.setdefault(state["last"], Counter())[item_id] += 1
+        state["items"][item_id] = state["items"].get(item_id, 0.0) + value
+        state["last"], state["events"], state["time"] = item_id, state["events"] + 1, timestamp
+        self._popularity[item_id] += value
+
+    def recommend(self, user_id: str, k: int, exclude: Collection[str] = ()) -> list[str]:
+        state = self._users.get(user_id)
+        nexts = self._transitions.get(state["last"], Counter()) if state else Counter()
+        ranked = sorted(self._popularity, key=lambda i: (-nexts[i], -self._popularity[i], i))
+        return [i for i in ranked if i not in exclude][:k]
+
+    # PartitionedState
+    def users(self) -> list[str]:
+        return list(self._users)
+
+    def export_users(self, user_ids: Collection[str]) -> bytes:
+        return pickle.dumps({u: self._users[u] for u in user_ids if u in self._users})
+
+    def import_users(self, blob: bytes) -> None:
+        self._users.update(pickle.loads(blob))
+
+    def forget_users(self, user_ids: Collection[str]) -> None:
+        for user in user_ids:
+            self._users.pop(user, None)
+
+    # for exact comparisons
+    def user_state(self) -> dict:
+        return {u: dict(s, items=dict(s["items"])) for u, s in self._users.items()}
+
+    def global_state(self) -> dict:
+        return {"popularity": dict(self._popularity),
+                "transitions": {h: dict(c) for h, c in self._transitions.items()}}
