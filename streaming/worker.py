@@ -199,9 +199,11 @@ class Worker:
         self._since_flush += count
         self._since_snapshot += count
         now = time.monotonic()
-        if self._since_snapshot >= self.snapshot_events or now - self._snapshot_at >= self.snapshot_interval_s:
+        if self._since_snapshot and (self._since_snapshot >= self.snapshot_events
+                                     or now - self._snapshot_at >= self.snapshot_interval_s):
             self.snapshot()
-        elif self._since_flush >= self.flush_events or now - self._flushed_at >= self.flush_interval_s:
+        elif (self._since_flush or self._uncommitted()) and (self._since_flush >= self.flush_events
+                                                             or now - self._flushed_at >= self.flush_interval_s):
             self.flush()
         return count
 
@@ -255,22 +257,29 @@ class Worker:
         ``wait=False`` sends the commit without waiting for its answer (inside a rebalance
         listener, which runs on the consumer's network thread and may not block on it).
         """
-        from kafka.errors import CommitFailedError
+        from kafka import errors
 
         for holding in self.holdings.held.values():
             self.archive.write(holding.take_segment())
         self._dlq.flush()
         offsets = {p: h.position for p, h in self.holdings.held.items()
-                   if h.position is not None and self._committed.get(p) != h.position}
+                   if h.position is not None and self._committed.get(p) != h.position}  # see _uncommitted
         if offsets:
             commit = self._consumer.commit if wait else self._consumer.commit_async
             try:
                 commit(self._offset_metadata(offsets))
                 self._committed.update(offsets)
                 self.stats.commits += 1
-            except CommitFailedError as exc:  # the group moved on; snapshots decide where to resume
-                logger.warning("commit of %s failed (%s); the next owner resumes from its snapshot", offsets, exc)
+            except (errors.CommitFailedError, errors.RebalanceInProgressError, errors.IllegalGenerationError,
+                    errors.UnknownMemberIdError) as exc:  # the group is moving: the next flush retries,
+                logger.warning("commit of %s not accepted (%s); retried at the next flush", offsets,  # and
+                               type(exc).__name__)  # snapshots, not commits, decide where state resumes
         self._since_flush, self._flushed_at = 0, time.monotonic()
+
+    def _uncommitted(self) -> bool:
+        """Whether a position moved past what the group last accepted (e.g. a refused commit)."""
+        return any(h.position is not None and self._committed.get(p) != h.position
+                   for p, h in self.holdings.held.items())
 
     def _offset_metadata(self, offsets: dict[int, int]) -> dict:
         from kafka import TopicPartition
