@@ -27,11 +27,12 @@ TESTS_DIR = Path(__file__).parent
 FASTSLOW = Path(sys.executable).parent / "fastslow"
 
 
-def _start_worker(broker: str, topic: str, group: str, data_dir: Path, log: Path) -> subprocess.Popen:
+def _start_worker(broker: str, topic: str, group: str, data_dir: Path, log: Path, flush_interval: float = 0.2,
+                  snapshot_interval: float = 1.0) -> subprocess.Popen:
     argv = [str(FASTSLOW), "worker", "--bootstrap-servers", broker, "--topic", topic, "--dlq-topic", topic + ".dlq",
             "--group", group, "--worker-id", "w1", "--model", "worker_fixtures:UserItemCounts",
-            "--data-dir", str(data_dir), "--flush-interval", "0.2", "--snapshot-interval", "1",
-            "--snapshot-events", "2500", "--stats-interval", "1"]
+            "--data-dir", str(data_dir), "--flush-interval", str(flush_interval),
+            "--snapshot-interval", str(snapshot_interval), "--snapshot-events", "2500", "--stats-interval", "0.5"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
            "FASTSLOW_LOG_LEVEL": "INFO"}
     with open(log, "ab") as out:
@@ -81,6 +82,30 @@ def test_kill_9_mid_stream_then_restart_gives_the_state_of_an_uninterrupted_repl
     assert snapshot.offsets == {p: o for p, o in committed_offsets(broker, group, topic).items()}
     archived = [i for t in iter_archive(archive_dir(tmp_path, topic)) for i in t.column("event_id").to_pylist()]
     assert len(archived) == table.num_rows and set(archived) == set(table.column("event_id").to_pylist())
+
+
+def test_sigterm_finishes_the_batch_commits_snapshots_and_exits_0(broker, tmp_path):
+    topic, _ = make_topics(broker)
+    group, log = unique("group"), tmp_path / "worker.log"
+    table = event_table(700, users=20)
+    producer = make_producer(broker)
+    produce_events(producer, table, topic)
+    producer.close()
+    worker = _start_worker(broker, topic, group, tmp_path, log, flush_interval=600, snapshot_interval=600)
+    try:
+        _wait_in_log(log, '"records": 700', worker, 30)  # consumed, but nothing flushed or committed yet
+        assert committed_total(broker, group, topic) == 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert committed_total(broker, group, topic) == 700
+    snapshot = SnapshotStore(snapshot_dir(tmp_path, topic, group)).read_worker("w1")
+    assert sum(snapshot.offsets.values()) == 700
+    assert snapshot.model.user_state() == replay(UserItemCounts(), table).user_state()
+    summary = log.read_text().strip().splitlines()[-1]
+    assert '"events_applied": 700' in summary and summary.startswith("{")
 
 
 def _run_in_thread(worker: Worker) -> threading.Thread:
