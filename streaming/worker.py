@@ -3,34 +3,58 @@
 A `Worker` is one member of a consumer group on the interactions topic. For every polled
 batch it
 
-1. decodes and validates each message (`streaming.decode.decode_record`, the rules of
-   `streaming.events`); a bad one goes to the dead-letter topic with its original bytes and
-   the reason in headers (`streaming.dlq`);
+1. decodes and validates every message at once (`streaming.decode.decode_batch`, the rules
+   of `streaming.events`); a bad one goes to the dead-letter topic with its original key,
+   value and headers plus the reason in headers (`streaming.dlq`);
 2. skips an event whose ``event_id`` it applied recently (`streaming.dedup`);
 3. applies the others to the model with ``learn_one`` in each partition's offset order, the
    call the prequential replay makes (`evaluation.protocol`);
 4. queues them for the event archive (`streaming.archive`).
 
-Every ``flush_interval_s`` seconds (or ``flush_events`` events) it writes the archive
+Every ``flush_interval_s`` seconds (or ``flush_events`` records) it writes the archive
 segments, waits for the dead letters to be acknowledged, and only then commits the offsets.
-Every ``snapshot_interval_s`` (or ``snapshot_events``), on a rebalance and on shutdown it
-flushes and writes snapshots (`streaming.snapshots`, `streaming.holdings`): the model with the
-offsets it includes and the dedup windows. On start and on every partition assignment it
-restores them and seeks to those offsets, so after a crash (even ``kill -9``) each event is
-applied exactly once to the fast state: events after the snapshot are read again, and the
-archive drops what it had beyond the snapshot before they are.
+Every ``snapshot_interval_s`` (or ``snapshot_events``), when partitions are revoked and on
+shutdown it flushes and writes snapshots (`streaming.snapshots`, `streaming.holdings`): the
+model with the offsets it includes and the dedup windows. On start and on every partition
+assignment it restores them and seeks to those offsets, so after a crash (even ``kill -9``)
+each event is applied exactly once to the fast state: events after the snapshot are read
+again, and the archive first drops what it held beyond the snapshot. Committed offsets are
+for monitoring and for partitions that have no snapshot at all; snapshots decide where state
+resumes. Dead letters of the re-read range are sent again (their ``fastslow.source.*``
+headers identify copies).
+
+Partitions and users: message keys must be user ids (`streaming.partitioning`), so each
+user's state lives on the worker owning the user's partition. With a model implementing
+`streaming.state.PartitionedState` the users move with their partitions on a rebalance;
+global state (item statistics) stays with the worker that learnt it.
 
 Threads: the worker runs in one thread (`run`). Other threads (an HTTP server) may read the
 model while holding `Worker.lock`, which the worker holds while it changes the model. Read
-`Worker.model` after `start`: it is replaced then when a snapshot is restored.
+`Worker.model` after `start`: it is replaced then when a snapshot is restored. The rebalance
+listener runs on kafka-python's network thread: snapshots taken there block heartbeats for
+as long as they take (keep them well under the 6 s session timeout).
 
 Examples
 --------
-::
-
-    with Worker(ItemKNN(), "127.0.0.1:9092", data_dir=".fastslow", worker_id="w1") as worker:
-        worker.run(until=worker.caught_up, timeout=60)
-        print(worker.stats.as_dict())
+>>> import tempfile
+>>> from evaluation.peers import ItemKNN
+>>> from infra.broker import EmbeddedBroker
+>>> from streaming.kafka import make_producer
+>>> with EmbeddedBroker(port=0, partitions=2) as broker:
+...     producer = make_producer(broker.bootstrap)
+...     sent = [producer.send("interactions", key=user.encode(), value=value) for user, value in [
+...         ("u1", b'{"user_id": "u1", "item_id": "x", "timestamp": 1714564800}'),
+...         ("u1", b'{"user_id": "u1", "item_id": "y", "timestamp": 1714564801}'),
+...         ("u2", b'{"user_id": "u2", "item_id": "x", "timestamp": 1714564802}'),
+...         ("u2", b'{"user_id": "", "item_id": "x", "timestamp": 1714564803}')]]  # bad: to the DLQ
+...     producer.close()
+...     with Worker(ItemKNN(), broker.bootstrap, data_dir=tempfile.mkdtemp()) as worker:
+...         worker.run(until=lambda: worker.stats.records == 4, timeout=30)
+...         worker.model.recommend("u2", 1, exclude={"x"})
+True
+['y']
+>>> worker.stats.events_applied, worker.stats.dlq
+(3, 1)
 """
 
 from __future__ import annotations
