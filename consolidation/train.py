@@ -1,0 +1,178 @@
+"""Training a challenger: a clone of the champion fitted on replay (+ distillation) with EWC.
+
+This is the part the MLflow job (`consolidation.job`) and the in-process replay policy
+(`consolidation.policy`) share, so the offline `ewc` numbers come from the same code that
+runs in production.
+
+The Fisher used in a run is ``gamma * F_previous + F_sample``: ``F_previous`` is the
+accumulated Fisher the champion's own run logged, ``F_sample`` the empirical Fisher of the
+champion's ranking log-likelihood on (a subset of) this run's replay examples, taken at the
+champion's parameters. New users/items (rows the champion does not have) carry no anchor and
+move freely; the Fisher computed on their fresh rows is kept for the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from consolidation.ewc import ewc_penalty, fisher_diagonal, online_fisher
+from consolidation.sampling import ReplaySample
+from models.slow import Examples, SlowRanker, recency_weights
+from models.slow_net import PAD
+
+logger = logging.getLogger(__name__)
+
+#: Builds distillation examples *against the ranker being trained* (its vocabularies: the
+#: callable may register new ids), e.g. from the fast path's per-user preferences, with
+#: per-example weights. Called once per consolidation with the challenger clone.
+Distill = Callable[[SlowRanker], Examples]
+
+#: Memory the per-sample gradients of one Fisher batch may take.
+FISHER_BATCH_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class ConsolidationConfig:
+    """Knobs of one consolidation (the CLI fills them from `fastslow.settings.Settings`).
+
+    Parameters
+    ----------
+    epochs, lr
+        Training of the challenger (``lr=None``: the ranker's own learning rate).
+    ewc_lambda
+        EWC strength lambda in ``lambda/2 * sum F (theta - theta*)^2``; 0 turns EWC off
+        (plain replay).
+    ewc_gamma
+        Online-EWC decay of the previous Fisher.
+    fisher_samples
+        Replay examples the empirical Fisher is computed on.
+    probe_fraction
+        Share of the sample held out (by event-id hash) as gate probes.
+    tolerance
+        Largest relative drop of old-slice NDCG@k the gate accepts.
+    k
+        Cut-off of the gate's NDCG/HR.
+    seed
+        Seed of the Fisher subset and candidate draws.
+    """
+
+    epochs: int = 3
+    lr: float | None = None
+    ewc_lambda: float = 1000.0
+    ewc_gamma: float = 0.9
+    fisher_samples: int = 512
+    probe_fraction: float = 0.1
+    tolerance: float = 0.02
+    k: int = 10
+    seed: int = 0
+
+
+@dataclass
+class Trained:
+    """A challenger and what training it produced."""
+
+    ranker: SlowRanker
+    fisher: dict[str, torch.Tensor]
+    losses: list[float]
+    replay_examples: int
+    distill_examples: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def sample_examples(ranker: SlowRanker, sample: ReplaySample) -> Examples:
+    """Examples for ``ranker`` from a replay sample, each with its own attached history.
+
+    Registers the sample's users and items in the ranker (its tables grow to fit).
+    """
+    used = np.unique(sample.history[sample.history >= 0])
+    for code in used.tolist():
+        ranker.items.add(sample.item_ids[code])
+    examples = ranker.build_examples(sample.users.tolist(), sample.items.tolist())  # registers + grows
+    rows_of_code = np.full(len(sample.item_ids), -1, dtype=np.int64)
+    rows_of_code[used] = ranker.items.lookup(sample.item_ids[used])
+    history = sample.history[:, : ranker.history]
+    rows = np.where(history >= 0, rows_of_code[np.maximum(history, 0)] + 1, PAD)
+    padded = np.full((len(sample), ranker.history), PAD, dtype=np.int64)
+    padded[:, : rows.shape[1]] = rows
+    return Examples(examples.users, padded, examples.targets, examples.weights)
+
+
+def ranking_nll(ranker: SlowRanker, candidates: torch.Tensor | None = None):
+    """Per-sample negative log-likelihood of the target among all items (or ``candidates``).
+
+    Returns ``loss_fn(net, (users, history, targets)) -> (B,)`` for `fisher_diagonal`.
+    """
+    base = torch.as_tensor(recency_weights(ranker.history, ranker.history_decay), dtype=torch.float32,
+                           device=ranker.device)
+    n_items = len(ranker.items)
+
+    def loss(net, batch) -> torch.Tensor:
+        users, history, targets = batch
+        weights = base.expand(len(users), -1) * (history != PAD)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        if candidates is None:
+            logits = net(users, history, weights, torch.arange(n_items, device=users.device))
+            return F.cross_entropy(logits, targets, reduction="none")
+        vec = net.user_vectors(users, history, weights)
+        pos = (vec * net.item_out(targets)).sum(-1) + net.item_bias(targets).squeeze(-1)
+        neg = vec @ net.item_out(candidates).T + net.item_bias(candidates).squeeze(-1)
+        neg = neg.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        return torch.logsumexp(torch.cat([pos.unsqueeze(1), neg], dim=1), dim=1) - pos
+
+    return loss
+
+
+def ranker_fisher(ranker: SlowRanker, examples: Examples, n_samples: int, seed: int = 0,
+                  batch_bytes: int = FISHER_BATCH_BYTES) -> dict[str, torch.Tensor]:
+    """Empirical Fisher of the ranker's ranking log-likelihood on ``n_samples`` of ``examples``."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(examples), size=min(n_samples, len(examples)), replace=False)
+    n_params = sum(p.numel() for p in ranker.net.parameters())
+    batch = int(max(1, min(256, batch_bytes // (8 * n_params))))
+    candidates = None
+    if ranker.negatives < len(ranker.items):
+        candidates = torch.as_tensor(rng.integers(0, len(ranker.items), ranker.negatives), device=ranker.device)
+    dev = ranker.device
+    batches = ((torch.as_tensor(examples.users[idx], device=dev), torch.as_tensor(examples.history[idx], device=dev),
+                torch.as_tensor(examples.targets[idx], device=dev))
+               for idx in (chosen[s:s + batch] for s in range(0, len(chosen), batch)))
+    return fisher_diagonal(ranker.net, batches, ranking_nll(ranker, candidates))
+
+
+def train_challenger(champion: SlowRanker, train: ReplaySample, config: ConsolidationConfig,
+                     previous_fisher: dict[str, torch.Tensor] | None = None, distill: Distill | None = None,
+                     on_epoch: Callable[[int, float], None] | None = None) -> Trained:
+    """Clone ``champion`` and fit the clone on ``train`` (+ ``distill``) with the EWC penalty.
+
+    The champion is never modified. ``on_epoch(epoch, mean_loss)`` runs after every epoch (an
+    exception there aborts training and propagates).
+    """
+    seconds = {}
+    started = time.perf_counter()
+    challenger = champion.clone()
+    examples = sample_examples(challenger, train)
+    n_replay = len(examples)
+    seconds["examples"] = time.perf_counter() - started
+    started = time.perf_counter()
+    fisher = online_fisher(previous_fisher, ranker_fisher(challenger, examples, config.fisher_samples, config.seed),
+                           config.ewc_gamma)
+    seconds["fisher"] = time.perf_counter() - started
+    if distill is not None:
+        examples = examples.concat(distill(challenger))
+    anchors = {name: p.detach().clone() for name, p in champion.net.named_parameters()}
+    penalty = None
+    if config.ewc_lambda > 0:
+        penalty = lambda net: ewc_penalty(dict(net.named_parameters()), anchors, fisher, config.ewc_lambda)  # noqa: E731
+    started = time.perf_counter()
+    losses = challenger.fit(examples, epochs=config.epochs, penalty=penalty, on_epoch=on_epoch, lr=config.lr)
+    seconds["train"] = time.perf_counter() - started
+    logger.info("challenger trained on %d replay + %d distillation examples in %.1fs (losses %s)", n_replay,
+                len(examples) - n_replay, seconds["train"], [round(x, 4) for x in losses])
+    return Trained(challenger, fisher, losses, n_replay, len(examples) - n_replay, seconds)
