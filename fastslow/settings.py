@@ -35,3 +35,27 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str | None = None
     """Kafka bootstrap servers, e.g. host:9092; unset starts the embedded broker (FASTSLOW_KAFKA_BOOTSTRAP)."""
+
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking/registry URI; unset: sqlite:///<data_dir>/mlflow.db, artifacts in <data_dir>/mlartifacts (FASTSLOW_MLFLOW_TRACKING_URI)."""
+
+    model_name: str = "fastslow-ranker"
+    """Registered model name of the slow ranker; aliases champion/challenger (FASTSLOW_MODEL_NAME)."""
+
+    ewc_lambda: float = 1000.0
+    """EWC strength lambda in lambda/2 * sum F (theta - theta*)^2; 0 = plain replay (FASTSLOW_EWC_LAMBDA)."""
+
+    ewc_gamma: float = 0.9
+    """Online-EWC decay of the previous consolidation's Fisher (FASTSLOW_EWC_GAMMA)."""
+
+    gate_tolerance: float = 0.02
+    """Largest relative drop of old-slice NDCG@10 the promotion gate accepts, 0.02 = 2% (FASTSLOW_GATE_TOLERANCE)."""
+
+    replay_sample_size: int = 200_000
+    """Events in each consolidation's replay sample (FASTSLOW_REPLAY_SAMPLE_SIZE)."""
+
+    replay_recent_fraction: float = 0.5
+    """Share of the replay sample drawn from events since the last consolidation (FASTSLOW_REPLAY_RECENT_FRACTION)."""
+
+    consolidation_epochs: int = 3
+    """Training epochs of each consolidation's challenger (FASTSLOW_CONSOLIDATION_EPOCHS)."""
