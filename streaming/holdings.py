@@ -73,6 +73,7 @@ class Holdings:
         self.topic, self.group_id, self.worker_id = topic, group_id, worker_id
         self.dedup_window = dedup_window
         self.held: dict[int, Holding] = {}
+        self._written: dict[int, int] = {}  # partition -> offset of the partition file we last wrote
         self._warned = False
 
     def restore_worker(self, model: object) -> object:
@@ -101,9 +102,12 @@ class Holdings:
             dedup={p: h.dedup.ids() for p, h in held.items()}))
         partitioned = supports_partitioned_state(model)
         for p, h in held.items():
+            if self._written.get(p) == h.position:  # unchanged since our last file for it
+                continue
             state = model.export_users(sorted(h.users)) if partitioned else None
             self.store.write_partition(PartitionSnapshot(self.topic, p, h.position, self.worker_id,
                                                          sorted(h.users), h.dedup.ids(), state))
+            self._written[p] = h.position
 
     def assign(self, partitions: Iterable[int], model: object) -> dict[int, int | None]:
         """Take up ``partitions`` (releasing the others); return the offset to resume each at.
@@ -140,6 +144,7 @@ class Holdings:
         """Stop holding ``partitions``: forget their users (when the model can)."""
         for p in list(partitions):
             holding = self.held.pop(p, None)
+            self._written.pop(p, None)
             if holding is None:
                 continue
             if supports_partitioned_state(model):
