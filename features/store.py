@@ -20,7 +20,8 @@
   It reads each view with the online store's `online_read` (one query per view):
   `FeatureStore.get_online_features` builds a row per candidate, converts every value twice
   and replicates the user's features per candidate, which costs 2-3x more for 1 + 200
-  entities (`fastslow bench features` measures both).
+  entities (`fastslow bench features` measures both). With sqlite, the online store is
+  `features.online_store.FastSqliteOnlineStore` (Feast's, with a leaner `online_read`).
 
 The client resolves feature views once at construction; re-create it after a re-apply. It
 remembers the time of every row it wrote (one integer per key) for the guard above.
@@ -71,8 +72,19 @@ logger = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
-#: Precision at which each online store keeps a row's event time.
-STORED_TIME_RESOLUTION_US = {"sqlite": 1_000_000, "redis": 1}
+
+
+def stored_time_resolution_us(online_store_type: str) -> int:
+    """Precision (microseconds) at which an online store keeps a row's event time.
+
+    Feast's sqlite store (and `features.online_store`'s variant) stores whole seconds; Redis
+    stores the protobuf timestamp, read back to the microsecond.
+
+    >>> stored_time_resolution_us("features.online_store.FastSqliteOnlineStore")
+    1000000
+    """
+    sqlite = online_store_type == "sqlite" or online_store_type.endswith("SqliteOnlineStore")
+    return 1_000_000 if sqlite else 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +142,7 @@ class FeatureStoreClient:
         self.lookups = 0
         self._online = get_provider(self.store.config).online_store
         self._views = {name: self.store.get_feature_view(name) for name in VIEWS}
-        self._resolution_us = STORED_TIME_RESOLUTION_US[self.store.config.online_store.type]
+        self._resolution_us = stored_time_resolution_us(self.store.config.online_store.type)
         self._written: dict[tuple[str, str], int] = {}
 
     # ---- writing -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from features_fixtures import (
 )
 
 from features.errors import FeatureInputError
+from features.schema import VIEWS
 from features.store import FeatureStoreClient
 
 pytestmark = pytest.mark.slow  # applies a Feast repository (~7 s once per session)
@@ -104,3 +105,22 @@ def test_a_catalogue_table_is_cast_to_the_view_types(repo):
     context = client.lookup("anyone", ["k1", "k2"])
     assert context.items["category"].tolist() == ["3", "7"]
     assert context.items["price"].tolist() == [10.0, 0.0]
+
+
+def test_fast_sqlite_reads_equal_feasts_own(repo):
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    from features.store import _entity_key
+
+    client = FeatureStoreClient(repo)
+    client.push_events(make_events([("hana", "p", 0), ("ivan", "q", 0.5), ("hana", "q", 1)]))
+    client.write_rows("user_stream", user_row("ivan", at(2) + pd.Timedelta(milliseconds=700), 4))
+    assert type(client._online).__name__ == "FastSqliteOnlineStore"
+    config = client.store.config
+    cases = [("user_stream", ["hana", "ivan", "nobody"]), ("item_stream", ["q", "p", "no-item"])]
+    for view, keys in cases:
+        entity_keys = [_entity_key(VIEWS[view].key, k) for k in keys]
+        fv = client.store.get_feature_view(view)
+        fast = client._online.online_read(config, fv, entity_keys)
+        stock = SqliteOnlineStore().online_read(config, fv, entity_keys)
+        assert fast == stock and fast[2] == (None, None) and fast[0][0] is not None
