@@ -48,7 +48,7 @@ from fastslow.errors import ConfigError
 from streaming.durable import TMP_PREFIX, atomic_write
 from streaming.normalize import EVENT_SCHEMA
 
-__all__ = ["ARCHIVE_SCHEMA", "ArchiveSegment", "EventArchive", "archive_dir", "iter_archive"]
+__all__ = ["ARCHIVE_SCHEMA", "ArchiveSegment", "ArchiveWriter", "EventArchive", "archive_dir", "iter_archive"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,61 @@ class EventArchive:
 
     def _partition_dir(self, day: str, partition: int) -> Path:
         return self.root / f"date={day}" / f"partition={partition}"
+
+
+class ArchiveWriter:
+    """Writes segments on a background thread, so encoding and fsync do not hold up learning.
+
+    One write is in flight at a time: `submit` segments with the offsets they complete, then
+    collect those offsets with `ready` (without waiting) or `wait` once the files are durable;
+    a failed write raises there.
+
+    >>> import tempfile
+    >>> writer = ArchiveWriter(EventArchive(tempfile.mkdtemp()))
+    >>> writer.submit([ArchiveSegment(0)], {0: 5})
+    >>> writer.busy, writer.wait(), writer.busy, writer.wait()
+    (True, {0: 5}, False, None)
+    >>> writer.close()
+    """
+
+    def __init__(self, archive: EventArchive) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.archive = archive
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-writer")
+        self._future = None
+        self._offsets: dict[int, int] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a submitted write has not been collected yet."""
+        return self._future is not None
+
+    def submit(self, segments: list[ArchiveSegment], offsets: dict[int, int]) -> None:
+        """Start writing ``segments``; ``offsets`` come back from `ready`/`wait` once durable."""
+        if self.busy:
+            raise RuntimeError("a write is still in flight: collect it with wait() first")
+        self._future = self._executor.submit(lambda: [self.archive.write(s) for s in segments])
+        self._offsets = offsets
+
+    def ready(self) -> dict[int, int] | None:
+        """The offsets of a finished write (raising its error), or None if none has finished."""
+        if self._future is None or not self._future.done():
+            return None
+        return self.wait()
+
+    def wait(self) -> dict[int, int] | None:
+        """Block until the write in flight is durable; its offsets, or None if there was none."""
+        if self._future is None:
+            return None
+        future, offsets, self._future, self._offsets = self._future, self._offsets, None, None
+        future.result()
+        return offsets
+
+    def close(self) -> None:
+        """Finish the write in flight (its errors are dropped: nothing will commit it) and stop."""
+        self._executor.shutdown(wait=True)
+        self._future = self._offsets = None
 
 
 def _day_text(day: int) -> str:
