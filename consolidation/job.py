@@ -42,7 +42,8 @@ from consolidation.evaluate import evaluate_slices
 from consolidation.gate import Decision, decide
 from consolidation.registry import CHALLENGER, ModelRegistry
 from consolidation.sampling import ReplaySample, sample_replay, split_probes
-from consolidation.train import ConsolidationConfig, Distill, ranker_fisher, sample_examples, train_challenger
+from consolidation.ranker_fisher import ranker_fisher
+from consolidation.train import ConsolidationConfig, Distill, sample_examples, train_challenger
 from models.slow import SlowRanker
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _register(registry: ModelRegistry, run_id: str, ranker: SlowRanker, fisher: 
     """Log the Fisher and the model, register a version, alias it challenger. Never touches champion."""
     registry.log_fisher(run_id, fisher)
     info = registry.log_ranker(ranker)
-    version = registry.register(info, run_id, tags)
+    version = registry.register(info, run_id, {**tags, "ranker.history": ranker.history})
     registry.set_alias(CHALLENGER, version)
     return version
 
@@ -221,6 +222,29 @@ def _version_tags(decision: Decision, metrics: dict, sample: ReplaySample, paren
     return {k: v for k, v in tags.items() if v is not None}
 
 
+@dataclass
+class FirstModel:
+    """A first champion trained from scratch, and what the gate and the next run need of it."""
+
+    losses: list[float]
+    fisher: dict
+    metrics: dict[str, float]
+    train_examples: int
+    seconds: float
+
+
+def train_first(ranker: SlowRanker, sample: ReplaySample, config: ConsolidationConfig,
+                on_epoch: EpochHook | None = None) -> FirstModel:
+    """Fit ``ranker`` on ``sample`` (probes held out); its Fisher on that data seeds online EWC."""
+    started = time.perf_counter()
+    train, probes = split_probes(sample, config.probe_fraction)
+    examples = sample_examples(ranker, train)
+    losses = ranker.fit(examples, on_epoch=on_epoch)
+    fisher = ranker_fisher(ranker, examples, config.fisher_samples, config.seed)
+    metrics = _metrics("challenger", evaluate_slices(ranker, probes, config.k))
+    return FirstModel(losses, fisher, metrics, len(examples), time.perf_counter() - started)
+
+
 def bootstrap_champion(registry: ModelRegistry, events: pa.Table | ReplaySample, ranker: SlowRanker | None = None,
                        config: ConsolidationConfig = ConsolidationConfig(), *, show_progress: bool = True,
                        on_epoch: EpochHook | None = None) -> ConsolidationResult:
@@ -232,21 +256,17 @@ def bootstrap_champion(registry: ModelRegistry, events: pa.Table | ReplaySample,
     ranker = ranker if ranker is not None else SlowRanker(seed=config.seed)
     if isinstance(events, pa.Table):
         events = sample_replay([events], events.num_rows, history=ranker.history, seed=config.seed)
-    train, probes = split_probes(events, config.probe_fraction)
     with registry.start_run("bootstrap", tags={"fastslow.kind": "bootstrap", "sample.digest": events.digest}) as run:
         run_id = run.info.run_id
         _log_common(registry, run_id, events, config, {"champion_version": None})
         hook, bar = _epoch_logger(registry, run_id, ranker.epochs, show_progress, on_epoch)
-        started = time.perf_counter()
         with bar:
-            examples = sample_examples(ranker, train)
-            losses = ranker.fit(examples, on_epoch=hook)
-        seconds = {"train": time.perf_counter() - started}
-        fisher = ranker_fisher(ranker, examples, config.fisher_samples, config.seed)
-        metrics = _metrics("challenger", evaluate_slices(ranker, probes, config.k))
+            first = train_first(ranker, events, config, on_epoch=hook)
         decision = Decision(True, "first champion: there was none to compare with")
-        _record_decision(registry, run_id, decision, metrics, {"replay_examples": len(examples), "distill_examples": 0})
-        version = _register(registry, run_id, ranker, fisher, _version_tags(decision, metrics, events, parent=None))
+        _record_decision(registry, run_id, decision, first.metrics,
+                         {"replay_examples": first.train_examples, "distill_examples": 0})
+        version = _register(registry, run_id, ranker, first.fisher,
+                            _version_tags(decision, first.metrics, events, parent=None))
         registry.promote(version, decision.reason)
-    return ConsolidationResult(run_id, version, True, decision.reason, version, None, metrics, losses,
-                               events.digest, {**seconds, "consolidate": seconds["train"]})
+    return ConsolidationResult(run_id, version, True, decision.reason, version, None, first.metrics, first.losses,
+                               events.digest, {"consolidate": first.seconds})

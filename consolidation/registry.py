@@ -115,10 +115,9 @@ class ModelRegistry:
 
     Examples
     --------
-    >>> import tempfile
-    >>> registry = ModelRegistry(default_tracking_uri(tempfile.mkdtemp()), "demo")
-    >>> registry.champion_version() is None
-    True
+    >>> registry = ModelRegistry(default_tracking_uri("/data"), "demo")
+    >>> registry.tracking_uri, registry.artifact_root
+    ('sqlite:////data/mlflow.db', 'file:///data/mlartifacts')
     """
 
     def __init__(self, tracking_uri: str, model_name: str = "fastslow-ranker", *,

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from consolidation.ewc import ewc_penalty, fisher_diagonal, online_fisher
+from consolidation.ewc import ewc_penalty, online_fisher
+from consolidation.ranker_fisher import ranker_fisher
 from consolidation.sampling import ReplaySample
-from models.slow import Examples, SlowRanker, recency_weights
+from models.slow import Examples, SlowRanker
 from models.slow_net import PAD
 
 logger = logging.getLogger(__name__)
@@ -33,10 +33,6 @@ logger = logging.getLogger(__name__)
 #: callable may register new ids), e.g. from the fast path's per-user preferences, with
 #: per-example weights. Called once per consolidation with the challenger clone.
 Distill = Callable[[SlowRanker], Examples]
-
-#: Memory the per-sample gradients of one Fisher batch may take.
-FISHER_BATCH_BYTES = 256 * 2**20
-
 
 @dataclass(frozen=True)
 class ConsolidationConfig:
@@ -67,7 +63,7 @@ class ConsolidationConfig:
     lr: float | None = None
     ewc_lambda: float = 1000.0
     ewc_gamma: float = 0.9
-    fisher_samples: int = 512
+    fisher_samples: int = 20_000
     probe_fraction: float = 0.1
     tolerance: float = 0.02
     k: int = 10
@@ -102,48 +98,6 @@ def sample_examples(ranker: SlowRanker, sample: ReplaySample) -> Examples:
     padded = np.full((len(sample), ranker.history), PAD, dtype=np.int64)
     padded[:, : rows.shape[1]] = rows
     return Examples(examples.users, padded, examples.targets, examples.weights)
-
-
-def ranking_nll(ranker: SlowRanker, candidates: torch.Tensor | None = None):
-    """Per-sample negative log-likelihood of the target among all items (or ``candidates``).
-
-    Returns ``loss_fn(net, (users, history, targets)) -> (B,)`` for `fisher_diagonal`.
-    """
-    base = torch.as_tensor(recency_weights(ranker.history, ranker.history_decay), dtype=torch.float32,
-                           device=ranker.device)
-    n_items = len(ranker.items)
-
-    def loss(net, batch) -> torch.Tensor:
-        users, history, targets = batch
-        weights = base.expand(len(users), -1) * (history != PAD)
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        if candidates is None:
-            logits = net(users, history, weights, torch.arange(n_items, device=users.device))
-            return F.cross_entropy(logits, targets, reduction="none")
-        vec = net.user_vectors(users, history, weights)
-        pos = (vec * net.item_out(targets)).sum(-1) + net.item_bias(targets).squeeze(-1)
-        neg = vec @ net.item_out(candidates).T + net.item_bias(candidates).squeeze(-1)
-        neg = neg.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-        return torch.logsumexp(torch.cat([pos.unsqueeze(1), neg], dim=1), dim=1) - pos
-
-    return loss
-
-
-def ranker_fisher(ranker: SlowRanker, examples: Examples, n_samples: int, seed: int = 0,
-                  batch_bytes: int = FISHER_BATCH_BYTES) -> dict[str, torch.Tensor]:
-    """Empirical Fisher of the ranker's ranking log-likelihood on ``n_samples`` of ``examples``."""
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(examples), size=min(n_samples, len(examples)), replace=False)
-    n_params = sum(p.numel() for p in ranker.net.parameters())
-    batch = int(max(1, min(256, batch_bytes // (8 * n_params))))
-    candidates = None
-    if ranker.negatives < len(ranker.items):
-        candidates = torch.as_tensor(rng.integers(0, len(ranker.items), ranker.negatives), device=ranker.device)
-    dev = ranker.device
-    batches = ((torch.as_tensor(examples.users[idx], device=dev), torch.as_tensor(examples.history[idx], device=dev),
-                torch.as_tensor(examples.targets[idx], device=dev))
-               for idx in (chosen[s:s + batch] for s in range(0, len(chosen), batch)))
-    return fisher_diagonal(ranker.net, batches, ranking_nll(ranker, candidates))
 
 
 def train_challenger(champion: SlowRanker, train: ReplaySample, config: ConsolidationConfig,

@@ -18,6 +18,7 @@ POLICIES: dict[str, str] = {
     "implicit-als": "evaluation.als:implicit_als",
     "slow": "evaluation.ablations:slow",
     "finetune": "evaluation.ablations:finetune",
+    "ewc": "consolidation.policy:ewc",
 }
 
 
@@ -29,7 +30,7 @@ def make_policy(name: str, seed: int = 0) -> Recommender:
     >>> make_policy("nope")
     Traceback (most recent call last):
     ...
-    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: finetune, implicit-als, itemknn, popularity, river-mf, slow
+    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: ewc, finetune, implicit-als, itemknn, popularity, river-mf, slow
     """
     target = POLICIES.get(name)
     if target is None:

@@ -31,6 +31,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("replay", "evaluation.cli:replay_command"),
     ("produce", "streaming.cli:produce_command"),
     ("worker", "streaming.cli:worker_command"),
+    ("consolidate", "consolidation.cli:consolidate_command"),
+    ("promote", "consolidation.cli:promote_command"),
+    ("models", "consolidation.cli:models_command"),
 ]
 BENCHES: list[tuple[str, str]] = [
     ("features", "features.bench:bench_features"),

@@ -168,3 +168,35 @@ def test_gate_decisions(challenger, promote, words):
 def test_gate_refuses_a_nonsense_tolerance():
     with pytest.raises(ConfigError, match="tolerance"):
         decide({}, {}, tolerance=2.0)
+
+
+def test_commands_consolidate_list_and_promote(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from fastslow.cli import app
+
+    pq.write_table(OLD, tmp_path / "old.parquet")
+    pq.write_table(pa.concat_tables([OLD, NEW]), tmp_path / "all.parquet")
+    env = {"FASTSLOW_DATA_DIR": str(tmp_path / "data"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           "FASTSLOW_MLFLOW_TRACKING_URI": fresh_tracking_uri(tmp_path / "data"), "FASTSLOW_MODEL_NAME": "cli-test"}
+    runner = CliRunner()
+    run = lambda *args: runner.invoke(app, list(args), env=env, catch_exceptions=False)  # noqa: E731
+    first = run("consolidate", "--events", str(tmp_path / "old.parquet"), "--sample-size", "1000")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout.strip().splitlines()[-1])["version"] == 1
+    second = run("consolidate", "--events", str(tmp_path / "all.parquet"), "--epochs", "2", "--tolerance", "0.9")
+    assert second.exit_code == 0, second.output
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert summary["version"] == 2 and summary["metrics"]["champion_recent_events"] > 0
+    listed = json.loads(run("models", "--json").stdout)
+    assert [v["version"] for v in listed] == [2, 1]
+    assert listed[0]["decision"] in ("promoted", "rejected") and listed[0]["reason"]
+    assert "cli-test" in run("models").stdout
+    assert run("promote", "1").stdout.strip().endswith("-> v1")
+    assert ModelRegistry(env["FASTSLOW_MLFLOW_TRACKING_URI"], "cli-test").champion_version() == 1
+    missing = run("promote", "7")
+    assert missing.exit_code == 2 and "version 7 does not exist" in missing.output
