@@ -12,7 +12,8 @@ batch it
 4. queues them for the event archive (`streaming.archive`).
 
 Every ``flush_interval_s`` seconds (or ``flush_events`` records) it writes the archive
-segments, waits for the dead letters to be acknowledged, and only then commits the offsets.
+segments (on a background thread: learning goes on meanwhile), waits for the dead letters to
+be acknowledged, and only once both are durable commits the offsets they complete.
 Every ``snapshot_interval_s`` (or ``snapshot_events``), when partitions are revoked and on
 shutdown it flushes and writes snapshots (`streaming.snapshots`, `streaming.holdings`): the
 model with the offsets it includes and the dedup windows. On start and on every partition
@@ -351,10 +352,9 @@ class Worker:
 
         with self.lock:
             resume = self.holdings.assign(partitions, self.model)
+        self._unplaced = {p for p, offset in resume.items() if offset is None}  # placed after the poll
         for p, offset in resume.items():
-            if offset is None:  # no state anywhere: the committed offset, learnt after the poll
-                self._unplaced.add(p)
-            else:
+            if offset is not None:
                 self._consumer.seek(TopicPartition(self.topic, p), offset)
         self._committed = {}
         self.stats.assigned = sorted(resume)
