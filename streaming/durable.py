@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
-"""Temporary files start with this; readers skip them and `remove_stale_tmp` deletes them."""
+"""Temporary files start with this; readers skip them (a crashed writer may leave one)."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,15 +54,3 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, durab
         raise
     if durable:
         fsync_dir(path.parent)
-
-
-def remove_stale_tmp(directory: Path) -> int:
-    """Delete temporary files a crashed writer left under ``directory``; return how many.
-
-    Only call it where no other process is writing at the same time.
-    """
-    removed = 0
-    for stale in Path(directory).rglob(f"{TMP_PREFIX}*"):
-        stale.unlink(missing_ok=True)
-        removed += 1
-    return removed

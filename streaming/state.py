@@ -29,12 +29,13 @@ which reads the archive of all events, is what reconciles it across workers.
 A model without these methods still works with the worker: its whole state is snapshotted and
 restored on restart, but users do not move on a rebalance (see `streaming.worker`).
 
+>>> import json
 >>> class Counts:
 ...     def __init__(self): self.per_user = {}
 ...     def users(self): return list(self.per_user)
 ...     def export_users(self, user_ids):
-...         return repr({u: self.per_user[u] for u in user_ids if u in self.per_user}).encode()
-...     def import_users(self, blob): self.per_user.update(eval(blob))
+...         return json.dumps({u: self.per_user[u] for u in user_ids if u in self.per_user}).encode()
+...     def import_users(self, blob): self.per_user.update(json.loads(blob))
 ...     def forget_users(self, user_ids):
 ...         for u in user_ids: self.per_user.pop(u, None)
 >>> a, b = Counts(), Counts()
