@@ -14,16 +14,19 @@ Why these FAISS choices (faiss 1.15):
   around the IVF: in faiss 1.15.1 ``IndexIDMap2(IndexIVFFlat)`` returns wrong ids after the
   first ``remove_ids`` and aborts the process on the second (faiss issues #1643, #4656); the
   IVF's own id storage is the id map that supports removal.
-* Until `train` is called the index has one list, so search is exact (a flat scan, fine
-  while small: ~65 µs at 10k entries). `train` with the slow model's item vectors (the keys
+* Until `train` is called the index has one list, so search is exact (a flat scan: ~0.1 ms
+  at 10k entries, ~1.1 ms at 100k). `train` with the slow model's item vectors (the keys
   live in that space) builds ``nlist`` lists and moves the entries over; search then scans
-  ``nprobe`` lists.
+  ``nprobe`` lists (more while the memory is far from full). Measured (one thread, d=64,
+  capacity 100k, k=50, `models.bench_memory`): ~65 µs per query at 50k entries with
+  recall@50 0.93 against exact, ~75 µs at 100k with 0.81 (nprobe 16: 0.93, ~105 µs).
 * Eviction is explicit and batched: by capacity (oldest first, down to
   ``capacity * (1 - evict_fraction)``) and by age (older than ``max_age`` before the newest
   time seen). The index is never reset; payload slots of removed ids are marked dead and the
   dead prefix is dropped when the arrays are reallocated.
 
 Single queries are faster with one OpenMP thread on a busy machine (see `set_faiss_threads`).
+Not thread-safe: one thread adds, evicts and searches (or callers hold a lock).
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ class EpisodicMemory:
         _check_params(self)
         self._use(_single_list_index(dim))
         self._trained = False
-        self._slots = {name: np.zeros(0, dtype) for name, dtype in _SLOT.items()}
+        self._slots: dict[str, np.ndarray] = {name: np.zeros(0, dtype) for name, dtype in _SLOT.items()}
         self._base = 0      # id stored in slot 0
         self._head = 0      # first slot that may be alive; all before it are dead
         self._next_id = 0
@@ -264,15 +267,17 @@ class EpisodicMemory:
             removed += self._remove(self._live_slots()[: self._n_live - self.capacity])
         return removed
 
-    def train(self, vectors) -> None:
-        """Build the inverted lists from `vectors` (e.g. the slow model's item vectors).
+    def train(self, vectors=None) -> None:
+        """Build the inverted lists from `vectors`, by default the live keys themselves.
 
-        Live entries move into the new index with their ids and keys; payloads are untouched.
+        Pass the slow model's item vectors before the memory fills; once it holds many
+        entries, training on its own keys fits the lists to them (measured: recall@50 0.70
+        -> 0.76 for unit user-vector keys). Live entries move into the new index with their
+        ids and keys; payloads are untouched.
         """
-        slots = self._live_slots()
-        ids = slots + self._base
+        ids = self._live_slots() + self._base
         keys = self._index.reconstruct_batch(ids) if len(ids) else np.zeros((0, self.dim), np.float32)
-        self._rebuild(self._trained_index(vectors), keys, ids)
+        self._rebuild(self._trained_index(keys if vectors is None else vectors), keys, ids)
         self._trained = True
 
     def rekey(self, fn: Callable[[Entries], np.ndarray], train_vectors=None) -> None:
@@ -323,7 +328,7 @@ class EpisodicMemory:
             mask = mask & where[self._head:end]
         return np.flatnonzero(mask) + self._head
 
-    def _use(self, index: faiss.IndexIVFFlat) -> None:
+    def _use(self, index: faiss.Index) -> None:
         """Make `index` the memory's index (its list count and nprobe cached for search)."""
         self._index, self._nlist, self._nprobe_set = index, index.nlist, index.nprobe
 
@@ -393,7 +398,7 @@ class EpisodicMemory:
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
         return index
 
-    def _rebuild(self, index: faiss.IndexIVFFlat, keys: np.ndarray, ids: np.ndarray) -> None:
+    def _rebuild(self, index: faiss.Index, keys: np.ndarray, ids: np.ndarray) -> None:
         """Fill `index` with (keys, ids) and make it the memory's index (payloads unchanged)."""
         if len(ids):
             index.add_with_ids(keys, np.ascontiguousarray(ids, dtype=np.int64))

@@ -154,6 +154,20 @@ def test_training_moves_entries_and_a_young_memory_still_searches_exactly():
         _check_hits(a, ref, q)
 
 
+def test_training_on_its_own_keys_puts_each_key_in_the_list_a_query_for_it_probes():
+    rng = np.random.default_rng(10)
+    mem = EpisodicMemory(D, capacity=800, nprobe=1)   # full: one list scanned per query
+    keys = _vectors(rng, 800)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    ids = mem.add(keys, np.arange(800), 0, 0.0, 1)
+    mem.train()
+    assert mem.is_trained and mem.index.nlist == 800 // 39 and len(mem) == 800
+    for i in rng.integers(800, size=50).tolist():
+        hits = mem.search(keys[i], k=1)       # a unit key is its own best match
+        assert hits.ids.tolist() == [ids[i]] and hits.items.tolist() == [i]
+        assert hits.scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_pickle_round_trip_gives_identical_results_and_continues_identically():
     rng = np.random.default_rng(7)
     mem = EpisodicMemory(D, capacity=300, max_age=400.0, nprobe=2)
