@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -46,7 +47,7 @@ def consolidate_command(
                                                              help="Recent share of the sample [settings].")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Training epochs [settings].")] = None,
     ewc_lambda: Annotated[Optional[float], typer.Option(min=0.0, help="EWC strength [settings].")] = None,
-    tolerance: Annotated[Optional[float], typer.Option(min=0.0, max=0.99,
+    tolerance: Annotated[Optional[float], typer.Option(min=0.0, max=1.0,
                                                        help="Gate: allowed relative old-slice drop [settings].")] = None,
     since: Annotated[Optional[str], typer.Option(help="Events after this ISO time are 'recent' (default: after the "
                                                       "champion's last consolidated event).")] = None,
@@ -74,6 +75,7 @@ def consolidate_command(
 
     settings = Settings()
     registry = _registry(settings)
+    tables: Iterable[Any]
     if events is not None:
         tables = iter_event_batches(events, column_map(user_col, item_col, time_col, type_col, value_col, id_col,
                                                        context_col, assume_utc), on_error=on_error)

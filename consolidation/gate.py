@@ -48,8 +48,8 @@ def decide(champion_metrics: Mapping[str, float], challenger_metrics: Mapping[st
     >>> print(decide(champ, {**champ, "recent_ndcg_at_10": 0.19}, tolerance=0.02).reason)
     recent NDCG@10 is worse (0.2000 -> 0.1900)
     """
-    if not 0.0 <= tolerance < 1.0:
-        raise ConfigError("gate tolerance", tolerance, "a relative drop between 0 and 1 (0.02 = 2%)")
+    if not 0.0 <= tolerance <= 1.0:
+        raise ConfigError("gate tolerance", tolerance, "a relative drop between 0 and 1 (0.02 = 2%, 1 = forgetting never blocks)")
     recent, old = f"recent_ndcg_at_{k}", f"old_ndcg_at_{k}"
     if not challenger_metrics.get("recent_events", 0):
         return Decision(False, "no recent probe events: nothing to judge the challenger on")

@@ -152,7 +152,7 @@ def _register(registry: ModelRegistry, run_id: str, ranker: SlowRanker, fisher: 
     """Log the Fisher and the model, register a version, alias it challenger. Never touches champion."""
     registry.log_fisher(run_id, fisher)
     info = registry.log_ranker(ranker)
-    version = registry.register(info, run_id, {**tags, "ranker.history": ranker.history})
+    version = registry.register(info, run_id, {**tags, "ranker.history": str(ranker.history)})
     registry.set_alias(CHALLENGER, version)
     return version
 

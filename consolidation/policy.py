@@ -67,8 +67,10 @@ class EwcPolicy(SlowPolicy):
     >>> p.learn_warmup(*zip(*events), [float(t) for t in range(20)], ["click"] * 20, [1.0] * 20)
     >>> for t, (u, i) in enumerate([("c", "z"), ("c", "x")] * 4):
     ...     p.learn_one(u, i, 20.0 + t)
-    >>> p.consolidations, "z" in p.ranker.items or not p.decisions[0].promote
-    (1, True)
+    >>> [(c["learned"], c["until_ms"]) for c in p.log]   # 28 events learned, the last at t=27 s
+    [(28, 27000)]
+    >>> "z" in p.ranker.items or not p.log[0]["promoted"]
+    True
     """
 
     name = "ewc"
@@ -87,8 +89,8 @@ class EwcPolicy(SlowPolicy):
         self._seen = 0
         self._since_ms: int | None = None
         self._fisher: dict | None = None
-        self.consolidations = 0
-        self.decisions: list[Decision] = []
+        self.log: list[dict] = []
+        """One entry per consolidation: events learned, until_ms (latest event sampled), promoted, reason."""
 
     def learn_warmup(self, users, items, timestamps, event_types, values) -> None:
         table = _events_table(0, users, items, timestamps, event_types, values)
@@ -117,22 +119,21 @@ class EwcPolicy(SlowPolicy):
     def _consolidate(self) -> None:
         sample = sample_replay(self._archive, self.sample_size, recent_fraction=self.recent_fraction,
                                since_ms=self._since_ms, history=self.ranker.history,
-                               seed=self.config.seed + self.consolidations)
-        self.consolidations += 1
+                               seed=self.config.seed + len(self.log))
         if self.registry is not None:
             result = consolidate(self.registry, sample, self.config, show_progress=False)
-            promote = result.promoted
-            self.decisions.append(Decision(result.promoted, result.reason))
-            if promote:
+            decision = Decision(result.promoted, result.reason)
+            if decision.promote:
                 self.ranker = self.registry.load(result.version, self.ranker.device)
         else:
             outcome = run_consolidation(self.ranker, sample, self.config, previous_fisher=self._fisher)
-            promote = outcome.decision.promote
-            self.decisions.append(outcome.decision)
-            if promote:
+            decision = outcome.decision
+            if decision.promote:
                 self.ranker, self._fisher = outcome.challenger, outcome.fisher
-        if promote:
+        if decision.promote:
             self._since_ms = sample.until_ms
+        self.log.append({"learned": self._seen, "until_ms": sample.until_ms, "promoted": decision.promote,
+                         "reason": decision.reason})
 
 
 def ewc(seed: int = 0) -> EwcPolicy:

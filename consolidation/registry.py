@@ -140,18 +140,19 @@ class ModelRegistry:
     # ------------------------------------------------------------------ runs
     def experiment_id(self) -> str:
         """Id of the consolidation experiment, created (with local artifacts) on first use."""
-        if self._experiment_id is None:
-            from mlflow.exceptions import MlflowException
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is None:
-                try:
-                    self._experiment_id = self.client.create_experiment(self.experiment, self.artifact_root)
-                except MlflowException as exc:  # created meanwhile by another process
-                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                        raise
-                    found = self.client.get_experiment_by_name(self.experiment)
-            if found is not None:
-                self._experiment_id = found.experiment_id
+        if self._experiment_id is not None:
+            return self._experiment_id
+        from mlflow.exceptions import MlflowException
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is None:
+            try:
+                self._experiment_id = str(self.client.create_experiment(self.experiment, self.artifact_root))
+                return self._experiment_id
+            except MlflowException as exc:  # created meanwhile by another process
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = self.client.get_experiment_by_name(self.experiment)
+        self._experiment_id = str(found.experiment_id)
         return self._experiment_id
 
     @contextmanager
@@ -263,6 +264,17 @@ class ModelRegistry:
         version = self.champion_version()
         if version is None:
             raise NoChampionError(self.model_name, self.tracking_uri)
+        return version, self.load(version, device)
+
+    def load_if_changed(self, current: int | None, device: str = "cpu"):
+        """``(version, SlowRanker)`` if the champion is no longer ``current``, else None.
+
+        What hot-reload watchers call on every poll: one alias lookup (milliseconds) while
+        nothing changed, a load only after a promotion or rollback.
+        """
+        version = self.champion_version()
+        if version is None or version == current:
+            return None
         return version, self.load(version, device)
 
     # ------------------------------------------------------------------ aliases

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     model_name: str = "fastslow-ranker"
     """Registered model name of the slow ranker; aliases champion/challenger (FASTSLOW_MODEL_NAME)."""
 
-    ewc_lambda: float = 1000.0
+    ewc_lambda: float = 10.0
     """EWC strength lambda in lambda/2 * sum F (theta - theta*)^2; 0 = plain replay (FASTSLOW_EWC_LAMBDA)."""
 
     ewc_gamma: float = 0.9

@@ -200,3 +200,56 @@ def test_commands_consolidate_list_and_promote(tmp_path):
     assert ModelRegistry(env["FASTSLOW_MLFLOW_TRACKING_URI"], "cli-test").champion_version() == 1
     missing = run("promote", "7")
     assert missing.exit_code == 2 and "version 7 does not exist" in missing.output
+
+
+def test_leftovers_of_a_run_killed_mid_registration_do_not_break_the_next(registry):
+    # What a kill -9 between registering a version and moving the champion leaves behind: a run
+    # still RUNNING with its Fisher logged, and a version holding only the challenger alias.
+    champion = registry.load("champion")
+    run = registry.client.create_run(registry.experiment_id())
+    registry.log_fisher(run.info.run_id, {"item_out.weight": champion.net.item_out.weight.detach() * 0 + 1e6})
+    with registry.start_run("killed") as half:
+        orphan = registry.register(registry.log_ranker(champion), half.info.run_id)
+    registry.set_alias("challenger", orphan)
+    assert registry.champion_version() == 1
+    result = consolidate(registry, _sample(registry), CONFIG, show_progress=False)
+    assert result.previous_champion == 1 and result.version == orphan + 1
+    assert result.promoted and registry.champion_version() == result.version
+    assert registry.version_of("challenger") == result.version
+
+
+def _policy_stream():
+    import pyarrow as pa
+
+    from evaluation.stream import EventStream
+    return EventStream.from_table(pa.concat_tables([OLD, NEW]))
+
+
+def test_ewc_policy_consolidates_on_schedule_from_past_events_only():
+    from consolidation.policy import EwcPolicy
+    from evaluation.ablations import SlowPolicy
+    from evaluation.protocol import prequential
+
+    stream = _policy_stream()
+    config = ConsolidationConfig(epochs=10, probe_fraction=0.2, tolerance=0.1)
+    policy = EwcPolicy(_small_ranker(), every=120, sample_size=2000, config=config)
+    result = prequential(stream, policy, warmup=0.5)
+    assert [c["learned"] for c in policy.log] == [600, 720, 840, 960]
+    for entry in policy.log:   # the newest event sampled is the last one learned, never a later one
+        assert entry["until_ms"] == round(stream.timestamps[entry["learned"] - 1] * 1000)
+    assert any(entry["promoted"] for entry in policy.log)
+    frozen = prequential(stream, SlowPolicy(_small_ranker()), warmup=0.5)
+    assert frozen.hr == 0.0 < result.hr   # the recent period's new items reach it only by consolidation
+
+
+def test_ewc_policy_can_run_the_tracked_job(tmp_path):
+    from consolidation.policy import EwcPolicy
+    from evaluation.protocol import prequential
+
+    registry = ModelRegistry(fresh_tracking_uri(tmp_path), "replay-tracked")
+    config = ConsolidationConfig(epochs=5, probe_fraction=0.2, tolerance=0.1)
+    policy = EwcPolicy(_small_ranker(), every=240, sample_size=2000, config=config, registry=registry)
+    prequential(_policy_stream(), policy, warmup=0.5)
+    assert len(registry.versions()) == 1 + len(policy.log) == 3
+    promoted = [entry["promoted"] for entry in policy.log]
+    assert registry.champion_version() == max([1] + [2 + n for n, p in enumerate(promoted) if p])

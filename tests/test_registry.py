@@ -59,6 +59,20 @@ def test_promote_rollback_and_listing(registry):
     assert registry.champion_version() == v1
 
 
+def test_watchers_load_only_when_the_champion_changes(registry):
+    ranker = trained_ranker(cluster_events(users=8, per_user=4), epochs=1)
+    assert registry.load_if_changed(None) is None          # nothing to serve yet
+    v1 = _log_version(registry, ranker)
+    registry.promote(v1)
+    version, loaded = registry.load_if_changed(None)
+    assert version == v1 and loaded.items.ids() == ranker.items.ids()
+    assert registry.load_if_changed(v1) is None
+    v2 = _log_version(registry, ranker)
+    assert registry.load_if_changed(v1) is None            # registered is not promoted
+    registry.promote(v2)
+    assert registry.load_if_changed(v1)[0] == v2
+
+
 def test_missing_things_are_reported_not_guessed(registry):
     assert registry.champion_version() is None
     assert registry.versions() == []
