@@ -80,6 +80,8 @@ class ConsolidationResult:
     losses: list[float]
     sample_digest: str
     seconds: dict[str, float]
+    sample: dict = field(default_factory=dict)
+    """Sample counts: size, recent, old, read, deleted_skipped, since_ms, until_ms."""
 
     def summary(self) -> dict:
         return dataclasses.asdict(self)
@@ -197,7 +199,7 @@ def consolidate(registry: ModelRegistry, sample: ReplaySample, config: Consolida
             registry.promote(version, decision.reason)   # the very last step
     return ConsolidationResult(run_id, version, decision.promote, decision.reason,
                                version if decision.promote else champion_version, previous, metrics,
-                               outcome.losses, sample.digest, seconds)
+                               outcome.losses, sample.digest, seconds, _sample_summary(sample))
 
 
 def _metric_list(metrics: dict[str, float]):
@@ -269,4 +271,4 @@ def bootstrap_champion(registry: ModelRegistry, events: pa.Table | ReplaySample,
                             _version_tags(decision, first.metrics, events, parent=None))
         registry.promote(version, decision.reason)
     return ConsolidationResult(run_id, version, True, decision.reason, version, None, first.metrics, first.losses,
-                               events.digest, {"consolidate": first.seconds})
+                               events.digest, {"consolidate": first.seconds}, _sample_summary(events))

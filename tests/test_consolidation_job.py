@@ -177,21 +177,34 @@ def test_commands_consolidate_list_and_promote(tmp_path):
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
 
+    from consolidation.sampling import record_deleted_user
     from fastslow.cli import app
+    from streaming.archive import ArchiveSegment, EventArchive, archive_dir
+    from streaming.normalize import EVENT_SCHEMA
 
-    pq.write_table(OLD, tmp_path / "old.parquet")
+    data = tmp_path / "data"
+    segment = ArchiveSegment(partition=0)   # the worker's archive holds the old day
+    segment.add(OLD.append_column("context", pa.nulls(OLD.num_rows, pa.string())).cast(EVENT_SCHEMA),
+                offsets=range(OLD.num_rows))
+    EventArchive(archive_dir(data, "interactions"), durable=False).write(segment)
+    record_deleted_user(data / "deleted_users.txt", "u3")
     pq.write_table(pa.concat_tables([OLD, NEW]), tmp_path / "all.parquet")
-    env = {"FASTSLOW_DATA_DIR": str(tmp_path / "data"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-           "FASTSLOW_MLFLOW_TRACKING_URI": fresh_tracking_uri(tmp_path / "data"), "FASTSLOW_MODEL_NAME": "cli-test"}
+    env = {"FASTSLOW_DATA_DIR": str(data), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           "FASTSLOW_MLFLOW_TRACKING_URI": fresh_tracking_uri(data), "FASTSLOW_MODEL_NAME": "cli-test"}
     runner = CliRunner()
     run = lambda *args: runner.invoke(app, list(args), env=env, catch_exceptions=False)  # noqa: E731
-    first = run("consolidate", "--events", str(tmp_path / "old.parquet"), "--sample-size", "1000")
+    first = run("consolidate", "--sample-size", "1000")
     assert first.exit_code == 0, first.output
-    assert json.loads(first.stdout.strip().splitlines()[-1])["version"] == 1
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["version"] == 1 and summary["promoted"]
+    u3_events = OLD.column("user_id").to_pylist().count("u3")
+    assert summary["sample"]["deleted_skipped"] == u3_events > 0
+    assert summary["sample"]["size"] == OLD.num_rows - u3_events
     second = run("consolidate", "--events", str(tmp_path / "all.parquet"), "--epochs", "2", "--tolerance", "0.9")
     assert second.exit_code == 0, second.output
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     assert summary["version"] == 2 and summary["metrics"]["champion_recent_events"] > 0
+    assert summary["sample"]["since_ms"] == T0_MS + DAY_MS - DAY_MS // 480   # the champion's last event
     listed = json.loads(run("models", "--json").stdout)
     assert [v["version"] for v in listed] == [2, 1]
     assert listed[0]["decision"] in ("promoted", "rejected") and listed[0]["reason"]
@@ -200,6 +213,16 @@ def test_commands_consolidate_list_and_promote(tmp_path):
     assert ModelRegistry(env["FASTSLOW_MLFLOW_TRACKING_URI"], "cli-test").champion_version() == 1
     missing = run("promote", "7")
     assert missing.exit_code == 2 and "version 7 does not exist" in missing.output
+
+
+def test_consolidate_command_refuses_an_empty_archive(tmp_path):
+    from typer.testing import CliRunner
+
+    from fastslow.cli import app
+
+    env = {"FASTSLOW_DATA_DIR": str(tmp_path), "FASTSLOW_MLFLOW_TRACKING_URI": fresh_tracking_uri(tmp_path)}
+    result = CliRunner().invoke(app, ["consolidate"], env=env)
+    assert result.exit_code == 2 and "no events to consolidate" in result.output
 
 
 def test_leftovers_of_a_run_killed_mid_registration_do_not_break_the_next(registry):
