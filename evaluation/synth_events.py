@@ -109,6 +109,9 @@ def _shifts(cfg: SynthConfig, world: World, lengths, offsets, owner, times) -> S
                        "shifting all of them instead of %d (use more events or smaller minimums)",
                        len(eligible), cfg.min_pre_shift_events, cfg.min_post_shift_events, wanted)
     chosen = np.sort(rng.choice(eligible, size=min(wanted, len(eligible)), replace=False))
+    if not len(chosen):  # shift_fraction=0 (or nobody eligible): a stream without shifts
+        return Shifts(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                      np.zeros((0, cfg.dim), np.float32))
     # one eligible boundary per chosen user, uniformly: the eligible session with the largest key
     cand = np.nonzero(ok & np.isin(u, chosen))[0]
     cand = cand[np.lexsort((rng.random(len(cand)), u[cand]))]
