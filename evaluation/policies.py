@@ -19,6 +19,8 @@ POLICIES: dict[str, str] = {
     "slow": "evaluation.ablations:slow",
     "finetune": "evaluation.ablations:finetune",
     "ewc": "consolidation.policy:ewc",
+    "fast-only": "models.fastslow:fast_only",
+    "fast-slow": "models.fastslow:fast_slow",
 }
 
 
@@ -30,7 +32,7 @@ def make_policy(name: str, seed: int = 0) -> Recommender:
     >>> make_policy("nope")
     Traceback (most recent call last):
     ...
-    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: ewc, finetune, implicit-als, itemknn, popularity, river-mf, slow
+    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: ewc, fast-only, fast-slow, finetune, implicit-als, itemknn, popularity, river-mf, slow
     """
     target = POLICIES.get(name)
     if target is None:

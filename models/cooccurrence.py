@@ -1,8 +1,15 @@
-"""A growing, symmetric item-item co-occurrence matrix that is cheap to update and to query.
+"""A growing item-item co-occurrence matrix that is cheap to update and to query.
 
-Every interaction adds a handful of pairs; every recommendation sums a few rows. A sparse CSR
-matrix answers row sums fast but is expensive to change, so recent increments wait in a small
-dict-of-dicts and are folded into the CSR matrix in bulk once there are enough of them.
+Every interaction adds a handful of pairs; every recommendation sums a few rows. A CSR matrix
+answers row sums fast but is expensive to change, so the counts live in three levels, like a
+log-structured merge tree:
+
+- `pending`: a small dict of the latest increments (cheap to add one pair to);
+- `delta`: a CSR matrix that pending folds into once it holds `merge_every` increments;
+- `base`: a CSR matrix that delta folds into once delta is a fraction of base's size.
+
+A query reads all three, so every increment is visible immediately. Bulk increments (the
+worker's batches) go straight into `delta` as a sparse matrix.
 """
 
 from __future__ import annotations
@@ -13,13 +20,41 @@ import numpy as np
 import scipy.sparse as sp
 
 
+def _resized(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    if matrix.shape[0] >= n:
+        return matrix
+    out = matrix.copy()
+    out.resize((n, n))
+    return out
+
+
+def _add_rows(out: np.ndarray, matrix: sp.csr_matrix, rows: Sequence[int], weights: np.ndarray) -> None:
+    """out[j] += sum_h weights[h] * matrix[h, j] over `rows`, gathered straight from the CSR
+    arrays in a few vectorised steps (scipy's fancy row indexing builds a new matrix per call)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    inside = rows < matrix.shape[0]
+    rows, weights = rows[inside], weights[inside]
+    starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if not total:
+        return
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+    cols = matrix.indices[offsets]
+    vals = matrix.data[offsets] * np.repeat(weights, lengths)
+    keep = cols < len(out)
+    out += np.bincount(cols[keep], weights=vals[keep], minlength=len(out))[: len(out)]
+
+
 class Cooccurrence:
-    """Symmetric co-occurrence counts over item rows that can grow without limit.
+    """Co-occurrence counts over item rows that can grow without limit.
 
     Parameters
     ----------
     merge_every
-        Pending increments kept outside the CSR matrix before they are merged into it.
+        Increments kept in the pending dict before they fold into `delta`.
+    symmetric
+        Count C[row, h] along with C[h, row] (False: a directed transition matrix h -> row).
 
     Examples
     --------
@@ -32,37 +67,78 @@ class Cooccurrence:
     [0.0, 0.0, 2.0, 0.0]
     >>> c.get(1, 2), c.get(1, 0)
     (1.0, 0.0)
+    >>> t = Cooccurrence(symmetric=False)
+    >>> t.add([0, 1], 2, weight=[1.0, 0.5])   # 0 -> 2 and 1 -> 2, weighted
+    >>> t.scores([1], n=3).tolist(), t.scores([2], n=3).tolist()
+    ([0.0, 0.0, 0.5], [0.0, 0.0, 0.0])
+    >>> t.add_pairs(np.array([1, 1]), np.array([0, 2]), np.array([1.0, 1.0]))   # bulk
+    >>> t.scores([1], n=3).tolist()
+    [1.0, 0.0, 1.5]
     """
 
-    def __init__(self, merge_every: int = 50_000) -> None:
+    def __init__(self, merge_every: int = 4096, symmetric: bool = True) -> None:
         self.merge_every = merge_every
+        self.symmetric = symmetric
         self._base = sp.csr_matrix((0, 0), dtype=np.float64)
+        self._delta = sp.csr_matrix((0, 0), dtype=np.float64)
         self._pending: dict[int, dict[int, float]] = {}
         self._n_pending = 0
+        self._size = 0
 
     @property
     def size(self) -> int:
         """Number of rows the matrix covers (highest row seen + 1)."""
-        top = max(self._pending, default=-1) + 1
-        return max(self._base.shape[0], top)
+        return self._size
 
-    def add(self, others: Sequence[int], row: int, weight: float = 1.0) -> None:
-        """Add `weight` to C[h, row] and C[row, h] for every h in `others` (h == row included once)."""
+    def add(self, others: Sequence[int], row: int, weight: float | Sequence[float] = 1.0) -> None:
+        """Add weight to C[h, row] (and C[row, h] if symmetric) for every h in `others`.
+
+        `weight` is one number for all pairs or one per element of `others`; h == row counts once.
+        """
         pending = self._pending
-        mine = pending.setdefault(row, {})
-        for h in others:
-            mine[h] = mine.get(h, 0.0) + weight
-            if h != row:
-                theirs = pending.setdefault(h, {})
-                theirs[row] = theirs.get(row, 0.0) + weight
-                self._n_pending += 2
-            else:
+        weights = [weight] * len(others) if isinstance(weight, (int, float)) else weight
+        mine = pending.setdefault(row, {}) if self.symmetric else None
+        top = row
+        for h, w in zip(others, weights):
+            theirs = pending.setdefault(h, {})
+            theirs[row] = theirs.get(row, 0.0) + w
+            self._n_pending += 1
+            if mine is not None and h != row:
+                mine[h] = mine.get(h, 0.0) + w
                 self._n_pending += 1
+            top = h if h > top else top
+        self._size = max(self._size, top + 1)
         if self._n_pending >= self.merge_every:
-            self.merge()
+            self._fold_pending()
 
-    def merge(self) -> None:
-        """Fold pending increments into the CSR matrix."""
+    def add_pairs(self, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
+        """Bulk form of `add`: C[rows[n], cols[n]] += weights[n] (mirrored if symmetric, off-diagonal)."""
+        if not len(rows):
+            return
+        if len(rows) < self.merge_every // 4:   # a few pairs: the pending dict is cheaper
+            pending = self._pending
+            for h, j, w in zip(rows.tolist(), cols.tolist(), weights.tolist()):
+                theirs = pending.setdefault(h, {})
+                theirs[j] = theirs.get(j, 0.0) + w
+                if self.symmetric and h != j:
+                    mine = pending.setdefault(j, {})
+                    mine[h] = mine.get(h, 0.0) + w
+            self._n_pending += len(rows) * (2 if self.symmetric else 1)
+            self._size = max(self._size, int(rows.max()) + 1, int(cols.max()) + 1)
+            if self._n_pending >= self.merge_every:
+                self._fold_pending()
+            return
+        if self.symmetric:
+            off = rows != cols
+            rows, cols, weights = (np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]]),
+                                   np.concatenate([weights, weights[off]]))
+        self._size = max(self._size, int(rows.max()) + 1, int(cols.max()) + 1)
+        n = self._size
+        bulk = sp.csr_matrix((weights, (rows, cols)), shape=(n, n), dtype=np.float64)
+        self._delta = _resized(self._delta, n) + bulk
+        self._fold_delta()
+
+    def _fold_pending(self) -> None:
         if not self._pending:
             return
         rows, cols, vals = [], [], []
@@ -70,36 +146,39 @@ class Cooccurrence:
             rows.extend([r] * len(entries))
             cols.extend(entries.keys())
             vals.extend(entries.values())
-        n = max(self.size, max(cols) + 1)
-        base = self._base
-        base.resize((n, n))
-        delta = sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float64)
-        self._base = (base + delta).tocsr()
-        self._pending = {}
-        self._n_pending = 0
+        self._pending, self._n_pending = {}, 0
+        n = self._size = max(self._size, max(cols) + 1)
+        self._delta = _resized(self._delta, n) + sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+        self._fold_delta()
+
+    def _fold_delta(self, force: bool = False) -> None:
+        if self._delta.nnz and (force or self._delta.nnz > max(65_536, self._base.nnz // 8)):
+            n = max(self._size, self._delta.shape[0])
+            self._base = (_resized(self._base, n) + _resized(self._delta, n)).tocsr()
+            self._delta = sp.csr_matrix((n, n), dtype=np.float64)
 
     def scores(self, rows: Sequence[int], weights: Sequence[float] | None = None,
                n: int | None = None) -> np.ndarray:
         """Dense vector of length `n`: sum over h in `rows` of weights[h] * C[h, :]."""
-        n = self.size if n is None else n
+        n = self._size if n is None else n
         w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
         out = np.zeros(n, dtype=np.float64)
-        nb = self._base.shape[0]
-        idx = np.asarray(rows, dtype=np.int64)
-        in_base = idx < nb
-        if in_base.any() and self._base.nnz:
-            vec = self._base[idx[in_base]].T @ w[in_base]
-            m = min(n, nb)
-            out[:m] += vec[:m]
-        for h, wh in zip(rows, w):
-            entries = self._pending.get(h)
-            if entries:
-                for j, c in entries.items():
-                    if j < n:
-                        out[j] += wh * c
+        for matrix in (self._base, self._delta):
+            if matrix.nnz:
+                _add_rows(out, matrix, rows, w)
+        if self._pending:
+            for h, wh in zip(rows, w):
+                entries = self._pending.get(h)
+                if entries:
+                    for j, c in entries.items():
+                        if j < n:
+                            out[j] += wh * c
         return out
 
     def get(self, h: int, j: int) -> float:
         """One count C[h, j]."""
-        base = float(self._base[h, j]) if h < self._base.shape[0] and j < self._base.shape[0] else 0.0
-        return base + self._pending.get(h, {}).get(j, 0.0)
+        total = self._pending.get(h, {}).get(j, 0.0)
+        for matrix in (self._base, self._delta):
+            if h < matrix.shape[0] and j < matrix.shape[1]:
+                total += float(matrix[h, j])
+        return total

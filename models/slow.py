@@ -114,13 +114,6 @@ class SlowRanker:
             grow = lambda need, have: have if need <= have else max(need, 2 * have)
             self.net = self.net.grow(grow(n_users, self.net.n_users), grow(n_items, self.net.n_items))
 
-    def history_rows(self, recent_items: Sequence[str]) -> np.ndarray:
-        """History row vector (most recent first, rows + 1, PAD-filled) from item ids, oldest first."""
-        rows = np.full(self.history, PAD, dtype=np.int64)
-        known = [r + 1 for r in map(self.items.get, reversed(recent_items[-self.history:])) if r >= 0]
-        rows[: len(known)] = known
-        return rows
-
     def build_examples(self, users: Sequence[str], items: Sequence[str],
                        initial_history: dict[str, Sequence[str]] | None = None,
                        weights: Sequence[float] | None = None) -> Examples:
@@ -241,16 +234,37 @@ class SlowRanker:
 
     def user_vector(self, user_id: str, recent_items: Sequence[str]) -> np.ndarray:
         """The slow user vector from the user's id and recent item ids (oldest first)."""
-        rows = self.history_rows(recent_items)
-        known = rows != PAD
-        pooled = np.zeros(self.dim, dtype=np.float32)
+        rows = self.items.lookup(recent_items[-self.history:])
+        return self.user_vector_rows(self.users.get(user_id), rows)
+
+    def user_vector_rows(self, user_row: int, history_rows: np.ndarray) -> np.ndarray:
+        """The slow user vector from a user row (-1: unknown) and item rows, oldest first (-1 skipped)."""
+        rows = np.asarray(history_rows[-self.history:], dtype=np.int64)[::-1]
+        known = rows >= 0
+        vec = self._pool_b.copy()
         if known.any():
-            w = self._weights[known]
-            pooled = (w / w.sum()).astype(np.float32) @ self._item_in[rows[known]]
-        vec = self._pool_w @ pooled + self._pool_b
-        u = self.users.get(user_id)
-        if 0 <= u < len(self._user_emb):
-            vec = vec + self._user_emb[u]
+            w = self._weights[: len(rows)][known]
+            vec += self._pool_w @ ((w / w.sum()).astype(np.float32) @ self._item_in[rows[known] + 1])
+        if 0 <= user_row < len(self._user_emb):
+            vec += self._user_emb[user_row]
+        return vec
+
+    def user_vectors_rows(self, user_rows: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Many slow user vectors at once: user rows (-1 unknown) and item-row histories, oldest first."""
+        n = len(histories)
+        mat = np.full((n, self.history), -1, dtype=np.int64)
+        for b, hist in enumerate(histories):
+            tail = hist[-self.history:][::-1]
+            mat[b, : len(tail)] = tail
+        known = mat >= 0
+        w = self._weights[None, :] * known
+        total = w.sum(axis=1, keepdims=True)
+        w = np.divide(w, total, out=np.zeros_like(w), where=total > 0).astype(np.float32)
+        pooled = np.einsum("bh,bhd->bd", w, self._item_in[np.where(known, mat + 1, PAD)])
+        vec = pooled @ self._pool_w.T + self._pool_b
+        users = np.asarray(user_rows, dtype=np.int64)
+        ok = (users >= 0) & (users < len(self._user_emb))
+        vec[ok] += self._user_emb[users[ok]]
         return vec
 
     def score(self, user_id: str, recent_items: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,491 @@
+"""FastSlow: the product's recommender — a fast path learning every event, over a slow ranker.
+
+`learn_one` (the call the streaming worker and replay both make) does the per-event work that
+must happen in order — the gate learns from the list this user was last shown, the item is
+counted, the user's recent items are updated — and queues the rest. The queue is applied in
+one vectorised `flush` before anything reads the model (a recommendation, a snapshot, an
+export) or once it holds `flush_every` events, so a worker applying a batch of thousands pays
+the numpy overhead once, and a replay that asks for a recommendation after every event still
+sees every event before it. A flush:
+- links each item to the user's previous items (co-occurrence, transitions: `StreamStats`);
+- takes BPR steps on each user's fast vector against the slow model's frozen item vectors
+  (`FastWeights`; a user's events are applied in order, different users side by side);
+- stores each event in the episodic memory under the user's vector (`EpisodicMemory`).
+
+Requests are scored by `models.scorer` and blended by the online-learned `Gate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zlib
+from array import array
+from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.base import Recommender
+from models.fast import FastWeights, UserState
+from models.gate import FAST_SIGNALS, Gate
+from models.item_index import ItemIndex
+from models.memory import EpisodicMemory
+from models.scorer import VERBS, Scored, Signals, candidate_features, reason_for, top_positive
+from models.slow import SlowRanker
+from models.stream_stats import StreamStats
+from models.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+EVENT_KINDS = ("view", "click", "cart", "purchase", "rating", "skip")
+_KIND_CODE = {k: n for n, k in enumerate(EVENT_KINDS)}
+
+
+@dataclass
+class Recommendation:
+    """One recommended item with its score, the fast and slow parts, and why."""
+
+    item_id: str
+    score: float
+    fast: float
+    slow: float
+    gate: float
+    reason: str
+
+
+def event_seeds(users: list[str], items: list[str], timestamps: np.ndarray) -> np.ndarray:
+    """A stable 32-bit seed per event (independent of process, batch and arrival order).
+
+    >>> a = event_seeds(["u", "u"], ["i", "j"], np.array([1.5, 1.5]))
+    >>> bool(a[0] != a[1]), bool((a == event_seeds(["u", "u"], ["i", "j"], np.array([1.5, 1.5]))).all())
+    (True, True)
+    """
+    return np.array([zlib.crc32(f"{u}\x1f{i}\x1f{t!r}".encode()) for u, i, t in
+                     zip(users, items, timestamps.tolist())], dtype=np.uint64)
+
+
+def draw_rows(seeds: np.ndarray, count: int, n: int) -> np.ndarray:
+    """(len(seeds), count) pseudo-random rows in [0, n), a pure function of the seeds (splitmix64).
+
+    >>> draw_rows(np.array([7], dtype=np.uint64), 3, 10).shape
+    (1, 3)
+    """
+    with np.errstate(over="ignore"):
+        x = seeds[:, None] + np.arange(1, count + 1, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x % np.uint64(max(n, 1))).astype(np.int64)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+class FastSlow(Recommender):
+    """The fast-slow recommender (see the module docstring).
+
+    Parameters
+    ----------
+    ranker
+        The slow model (the current champion). None: `learn_warmup` trains one.
+    fixed_gate
+        Pin the gate (1.0 = fast path only: the `fast-only` ablation); None learns it.
+    negatives
+        Sampled negatives per fast-weight update.
+    ann_candidates, signal_candidates, memory_k, popular_candidates
+        How many candidates each source contributes per request.
+    memory_capacity, memory_max_age, memory_half_life
+        Episodic memory size, age limit (s) and the half-life (s) of a hit's weight.
+    memory_per_user
+        Entries one user may hold in the memory (their latest); keeps a very active or
+        flooding user from crowding everyone else out.
+    flush_every
+        Queued events that trigger a flush even if nothing reads the model.
+    gate_every
+        For events of users who were not just shown a list, every `gate_every`-th one is
+        scored before it is learned so the gate still learns (test-then-learn on the stream
+        itself); 0 learns only from lists that were shown.
+    expire_every
+        Events between sweeps that expire idle users and old memory entries.
+    fast, stats, gate
+        Keyword arguments for `FastWeights`, `StreamStats` and `Gate`.
+    seed
+        Seed for the slow model trained at warm-up.
+    """
+
+    name = "fast-slow"
+
+    def __init__(self, ranker: SlowRanker | None = None, fixed_gate: float | None = None,
+                 negatives: int = 4, ann_candidates: int = 100, signal_candidates: int = 100,
+                 memory_k: int = 32, popular_candidates: int = 20, memory_capacity: int = 50_000,
+                 memory_max_age: float = 7 * 86400.0, memory_half_life: float = 86400.0,
+                 memory_per_user: int = 5,
+                 flush_every: int = 4096, gate_every: int = 64, expire_every: int = 10_000, fast: dict | None = None,
+                 stats: dict | None = None, gate: dict | None = None, seed: int = 0) -> None:
+        self.ranker = ranker
+        self.fixed_gate = fixed_gate
+        self.negatives = negatives
+        self.ann_candidates = ann_candidates
+        self.signal_candidates = signal_candidates
+        self.memory_k = memory_k
+        self.popular_candidates = popular_candidates
+        self.memory_capacity = memory_capacity
+        self.memory_max_age = memory_max_age
+        self.memory_half_life = memory_half_life
+        self.memory_per_user = memory_per_user
+        self.flush_every = flush_every
+        self.gate_every = gate_every
+        self.expire_every = expire_every
+        self.fast = fast
+        self.stats = stats
+        self.gate = gate
+        self.seed = seed
+        self._ranker = ranker if ranker is not None else SlowRanker(seed=seed)
+        self._fast = FastWeights(dim=self._ranker.dim, **(fast or {}))
+        self._stats = StreamStats(**(stats or {}))
+        self._gate = Gate(fixed_gate=fixed_gate, **(gate or {}))
+        self._memory = EpisodicMemory(dim=self._ranker.dim, capacity=memory_capacity, max_age=memory_max_age)
+        self._index = ItemIndex()
+        self._users = Vocab()
+        self._mem_ids: dict[int, deque[int]] = {}         # user row -> its memory entry ids, oldest first
+        self._slow_rows = np.zeros(0, dtype=np.int64)     # fast item row -> slow row (-1 unknown)
+        self._fast_rows = np.zeros(0, dtype=np.int64)     # slow row -> fast item row (-1 unseen)
+        self._queue: list[tuple] = []
+        self._last: Scored | None = None
+        self.clock = 0.0
+        self.events = 0
+        if ranker is not None:
+            self.use_ranker(ranker)
+
+    # ------------------------------------------------------------------ the slow model
+    @property
+    def slow_model(self) -> SlowRanker:
+        """The slow ranker currently serving."""
+        return self._ranker
+
+    def use_ranker(self, ranker: SlowRanker, keep_fast: float = 1.0) -> None:
+        """Serve with `ranker` from now on: remap items, rebuild the item index, rebase fast state.
+
+        `keep_fast` scales every fast vector (0.0 after a consolidation that absorbed them,
+        so what the slow model learned is not counted twice).
+        """
+        self.flush()
+        self._ranker = ranker
+        self._index.build(ranker.item_vectors)
+        n_slow = len(ranker.items)
+        self._slow_rows = np.full(max(1024, self._stats.n_items), -1, dtype=np.int64)
+        self._slow_rows[: self._stats.n_items] = ranker.items.lookup(self._stats.items.ids())
+        self._slow_rows[self._slow_rows >= n_slow] = -1
+        self._fast_rows = np.full(n_slow, -1, dtype=np.int64)
+        known = np.flatnonzero(self._slow_rows >= 0)
+        self._fast_rows[self._slow_rows[known]] = known
+        if keep_fast != 1.0:
+            self._fast.scale_all(keep_fast)
+        self._memory.rekey(self._memory_keys, train_vectors=ranker.item_vectors)
+        self._last = None
+
+    def _memory_keys(self, entries) -> np.ndarray:
+        """Memory keys under the current model: each entry's user vector as of now."""
+        users, inverse = np.unique(entries.users, return_inverse=True)
+        vectors = [sum(self._user_vector(self._users.id_of(int(u)))) for u in users]
+        keys = np.stack(vectors) if vectors else np.zeros((0, self._ranker.dim), dtype=np.float32)
+        return _unit(keys)[inverse]
+
+    def _map_item(self, row: int) -> None:
+        if row >= len(self._slow_rows):
+            grown = np.full(max(row + 1, 2 * len(self._slow_rows)), -1, dtype=np.int64)
+            grown[: len(self._slow_rows)] = self._slow_rows
+            self._slow_rows = grown
+        slow_row = self._ranker.items.get(self._stats.items.id_of(row))
+        if 0 <= slow_row < len(self._fast_rows):
+            self._slow_rows[row] = slow_row
+            self._fast_rows[slow_row] = row
+
+    def _recent(self, user_id: str) -> np.ndarray:
+        state = self._fast.get(user_id)
+        return np.frombuffer(state.recent, dtype=np.int64) if state is not None and len(state.recent) \
+            else np.zeros(0, dtype=np.int64)
+
+    def _user_vector(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(slow user vector, fast vector) for the user now."""
+        recent = self._recent(user_id)
+        base = self._ranker.user_vector_rows(self._ranker.users.get(user_id), self._slow_rows[recent])
+        return base, self._fast.vector(user_id, self.clock)
+
+    # ------------------------------------------------------------------ learning
+    def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
+        self._learn_gate(user_id, item_id)
+        state = self._fast.get(user_id)
+        history = np.frombuffer(state.recent, dtype=np.int64).copy() if state is not None and len(state.recent) \
+            else np.zeros(0, np.int64)
+        row = self._stats.observe(item_id, timestamp)
+        if row >= len(self._slow_rows) or self._slow_rows[row] < 0:
+            self._map_item(row)
+        self._fast.remember(user_id, row, timestamp)
+        self._queue.append((user_id, item_id, row, float(timestamp), _KIND_CODE.get(event_type, 1),
+                            float(value), history))
+        self.clock = max(self.clock, timestamp)
+        self.events += 1
+        if len(self._queue) >= self.flush_every:
+            self.flush()
+        if self.events % self.expire_every == 0:
+            self.expire()
+
+    def _learn_gate(self, user_id: str, item_id: str) -> None:
+        last, self._last = self._last, None
+        if (last is None or last.user_id != user_id) and self.gate_every and self.events % self.gate_every == 0 \
+                and item_id in self._stats.items:
+            last = self.score(user_id, self.history(user_id))
+        if last is None or last.user_id != user_id or not len(last.rows):
+            return
+        hit = np.flatnonzero(last.rows == self._stats.items.get(item_id))
+        if len(hit):
+            self._gate.learn(last.slow, last.fast, last.request, int(hit[0]))
+
+    def flush(self) -> None:
+        """Apply every queued event (see the module docstring); cheap when the queue is empty."""
+        if not self._queue:
+            return
+        queue, self._queue = self._queue, []
+        self._stats.link([q[6] for q in queue], [q[2] for q in queue])
+        keys = np.zeros((len(queue), self._ranker.dim), dtype=np.float32)
+        for wave in self._waves(queue):
+            keys[wave] = self._learn_wave([queue[n] for n in wave])
+        user_rows = [self._users.add(q[0]) for q in queue]
+        ids = self._memory.add(_unit(keys), np.array([q[2] for q in queue]), np.array(user_rows),
+                               np.array([q[3] for q in queue]), np.array([q[4] for q in queue], dtype=np.int8),
+                               np.array([q[5] for q in queue], dtype=np.float32))
+        self._cap_memory(user_rows, ids)
+
+    def _cap_memory(self, user_rows: list[int], ids: np.ndarray) -> None:
+        """Keep each user's latest `memory_per_user` entries; remove older ones in one call."""
+        drop = []
+        for user, entry in zip(user_rows, ids.tolist()):
+            mine = self._mem_ids.setdefault(user, deque())
+            mine.append(entry)
+            if len(mine) > self.memory_per_user:
+                drop.append(mine.popleft())
+        if drop:
+            self._memory.remove(drop)
+
+    @staticmethod
+    def _waves(queue: list[tuple]) -> list[list[int]]:
+        """Queue positions grouped so each group has distinct users, in each user's order."""
+        seen: dict[str, int] = {}
+        waves: list[list[int]] = []
+        for n, q in enumerate(queue):
+            w = seen.get(q[0], 0)
+            seen[q[0]] = w + 1
+            if w == len(waves):
+                waves.append([])
+            waves[w].append(n)
+        return waves
+
+    def _learn_wave(self, wave: list[tuple]) -> np.ndarray:
+        """BPR steps for events of distinct users; returns their memory keys (base + fast)."""
+        ranker = self._ranker
+        users = [q[0] for q in wave]
+        times = np.array([q[3] for q in wave])
+        base = ranker.user_vectors_rows(np.array([ranker.users.get(u) for u in users]),
+                                        [self._slow_rows[q[6]] for q in wave])
+        slow_rows = self._slow_rows[np.array([q[2] for q in wave])]
+        learnable = np.flatnonzero(slow_rows >= 0)
+        keys = base.copy()
+        if len(learnable) and len(ranker.items):
+            pos = slow_rows[learnable]
+            seeds = event_seeds([users[n] for n in learnable], [wave[n][1] for n in learnable], times[learnable])
+            negs = draw_rows(seeds, self.negatives, len(ranker.items))
+            keys[learnable] += self._fast.learn_batch(
+                [users[n] for n in learnable], times[learnable], base[learnable], ranker.item_vectors[pos],
+                ranker.item_biases[pos], ranker.item_vectors[negs], ranker.item_biases[negs])
+        for n in np.flatnonzero(slow_rows < 0):
+            self._fast.touch(users[n], times[n])
+            keys[n] += self._fast.vector(users[n], times[n])
+        return keys
+
+    def learn_warmup(self, users, items, timestamps, event_types, values) -> None:
+        """Train the slow model on the prefix if none was given, then replay it through the fast path."""
+        if self.ranker is None and len(self._ranker.items) == 0:
+            self._ranker.fit(self._ranker.build_examples(users, items))
+            self.use_ranker(self._ranker)
+        for u, i, t, e, v in zip(users, items, timestamps, event_types, values):
+            self.learn_one(u, i, float(t), e, float(v))
+        self.flush()
+        self._last = None
+
+    def expire(self) -> tuple[int, int]:
+        """Expire idle users and old memory entries now; returns (users, entries) removed."""
+        self.flush()
+        return self._fast.expire(self.clock), self._memory.evict(self.clock)
+
+    # ------------------------------------------------------------------ scoring
+    def _signals(self, user_id: str) -> Signals:
+        base, fast_vec = self._user_vector(user_id)
+        recent = self._recent(user_id)
+        stats = self._stats
+        cooc = stats.cooccurrence_scores(recent) / np.sqrt(stats.counts[: stats.n_items] + 1.0)
+        mem_rows, mem_weight, strength = np.zeros(0, np.int64), np.zeros(0), 0.0
+        if len(self._memory):
+            # other users' moments: the user's own recent items are already in cooc/transitions
+            hits = self._memory.search(_unit((base + fast_vec)[None, :])[0], 4 * self.memory_k)
+            others = np.flatnonzero(hits.users != self._users.get(user_id))[: self.memory_k]
+            weight = np.clip(hits.scores[others], 0.0, None) * np.power(
+                0.5, (self.clock - hits.times[others]) / self.memory_half_life)
+            mem_rows, inverse = np.unique(hits.items[others], return_inverse=True)
+            mem_weight = np.bincount(inverse, weights=weight, minlength=len(mem_rows))
+            strength = float(weight.sum())
+        return Signals(base, fast_vec, cooc, stats.transition_scores(recent), stats.recent_popularity(self.clock),
+                       mem_rows, mem_weight, strength)
+
+    def _candidates(self, sig: Signals) -> np.ndarray:
+        parts = [top_positive(sig.cooc, self.signal_candidates), top_positive(sig.trans, self.signal_candidates),
+                 sig.mem_rows, top_positive(sig.popularity, self.popular_candidates)]
+        if len(self._index):
+            slow_rows, _ = self._index.search(sig.base + sig.fast_vec, self.ann_candidates)
+            rows = self._fast_rows[slow_rows]
+            parts.append(rows[rows >= 0])
+        return np.unique(np.concatenate(parts).astype(np.int64))
+
+    def _request(self, user_id: str, sig: Signals) -> np.ndarray:
+        state = self._fast.get(user_id)
+        recent = self._recent(user_id)
+        return np.array([
+            1.0,
+            np.log1p(state.events) / 5.0 if state is not None else 0.0,
+            np.log1p(max(self.clock - state.updated, 0.0)) / 15.0 if state is not None else 1.0,
+            np.log1p(sig.cooc.max(initial=0.0)) / 5.0,
+            np.log1p(sig.trans.max(initial=0.0)) / 5.0,
+            np.log1p(sig.mem_strength) / 3.0,
+            1.0 if self._ranker.users.get(user_id) >= 0 else 0.0,
+            float((self._slow_rows[recent] >= 0).mean()) if len(recent) else 0.0,
+        ])
+
+    def score(self, user_id: str, exclude: Collection[str] = ()) -> Scored:
+        """Score this user's candidates (items in `exclude` left out)."""
+        self.flush()
+        sig = self._signals(user_id)
+        rows = self._candidates(sig)
+        if exclude:
+            rows = rows[~np.isin(rows, self._stats.items.lookup(exclude))]
+        slow, fast = candidate_features(rows, sig, self._slow_rows, self._ranker.item_vectors,
+                                        self._ranker.item_biases)
+        request = self._request(user_id, sig)
+        g, fast_score, blended = self._gate.parts(slow, fast, request)
+        return Scored(user_id, rows, slow, fast, request, g, fast_score, blended)
+
+    def recommend(self, user_id, k, exclude=()) -> list[str]:
+        """The top k for the user; the list is remembered so the user's next event teaches the gate."""
+        scored = self.score(user_id, exclude)
+        self._last = scored
+        return [self._stats.items.id_of(int(r)) for r in scored.rows[scored.top(k)]]
+
+    def explain(self, user_id: str, k: int, exclude: Collection[str] = ()) -> list[Recommendation]:
+        """The top k with scores, fast/slow parts and a reason each (what `/recommend` returns)."""
+        scored = self.score(user_id, exclude)
+        self._last = scored
+        recent = self._recent(user_id)[-self._stats.window:]
+        out = []
+        for n in scored.top(k):
+            row = int(scored.rows[n])
+            parts = {"slow": (1.0 - scored.gate) * scored.slow[n]}
+            parts.update({name: scored.gate * self._gate.w[c] * scored.fast[n, c]
+                          for c, name in enumerate(FAST_SIGNALS)})
+            signal = max(parts, key=parts.get)
+            trigger = verb = None
+            if signal in ("cooccurrence", "transition") and len(recent):
+                matrix = self._stats.cooccurrence if signal == "cooccurrence" else self._stats.transitions
+                strength = [matrix.get(int(h), row) for h in recent]
+                h = int(recent[int(np.argmax(strength))])
+                trigger = self._stats.items.id_of(h)
+                verb = VERBS.get(self._last_kind(user_id, h))
+            out.append(Recommendation(self._stats.items.id_of(row), float(scored.score[n]),
+                                      float(scored.gate * scored.fast_score[n]),
+                                      float((1.0 - scored.gate) * scored.slow[n]), scored.gate,
+                                      reason_for(signal, trigger, verb)))
+        return out
+
+    def _last_kind(self, user_id: str, row: int) -> str:
+        entries = self._memory.entries_of(self._users.get(user_id))
+        mine = np.flatnonzero(entries.items == row)
+        return EVENT_KINDS[int(entries.types[mine[-1]])] if len(mine) else "view"
+
+    def history(self, user_id: str) -> list[str]:
+        """The user's recent item ids held in fast state, oldest first."""
+        return [self._stats.items.id_of(int(r)) for r in self._recent(user_id)]
+
+    # ------------------------------------------------------------------ per-user state (PartitionedState)
+    def users(self) -> list[str]:
+        """Users with fast state."""
+        return self._fast.users()
+
+    def export_users(self, user_ids: Collection[str]) -> bytes:
+        """Fast state and memory entries of these users, with item ids (not rows) so any process can import."""
+        self.flush()
+        out = {}
+        for user_id, state in self._fast.export_users(user_ids).items():
+            entries = self._memory.entries_of(self._users.get(user_id))
+            out[user_id] = {
+                "vec": state.vec, "updated": state.updated, "events": state.events,
+                "recent": [self._stats.items.id_of(int(r)) for r in state.recent],
+                "memory": {"items": [self._stats.items.id_of(int(r)) for r in entries.items],
+                           "times": entries.times, "types": entries.types, "values": entries.values},
+            }
+        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def import_users(self, blob: bytes) -> None:
+        """Install users exported by `export_users`, replacing what this model had for them."""
+        self.flush()
+        states = pickle.loads(blob)
+        self.forget_users(list(states))
+        for user_id, st in states.items():
+            rows = [self._register(i) for i in st["recent"]]
+            self._fast.import_users({user_id: UserState(np.asarray(st["vec"], np.float32), st["updated"],
+                                                        st["events"], array("q", rows))})
+            mem = st["memory"]
+            if len(mem["items"]):
+                items = np.array([self._register(i) for i in mem["items"]])
+                key = _unit(sum(self._user_vector(user_id))[None, :])
+                user_row = self._users.add(user_id)
+                ids = self._memory.add(np.repeat(key, len(items), axis=0), items, user_row,
+                                       mem["times"], mem["types"], mem["values"])
+                self._cap_memory([user_row] * len(ids), ids)
+
+    def _register(self, item_id: str) -> int:
+        """An item's row (known to the stream statistics and mapped to the slow model), uncounted."""
+        row = self._stats.register(item_id)
+        self._map_item(row)
+        return row
+
+    def forget_users(self, user_ids: Collection[str]) -> None:
+        """Drop every trace of these users' per-user state: fast state and memory entries."""
+        self.flush()
+        rows = [self._users.get(u) for u in user_ids]
+        for user_id in user_ids:
+            self._fast.forget(user_id)
+        self._memory.remove_users([r for r in rows if r >= 0])
+        for r in rows:
+            self._mem_ids.pop(r, None)
+        if self._last is not None and self._last.user_id in user_ids:
+            self._last = None
+
+    def __getstate__(self) -> dict:
+        """Pickle the model as if every queued event had been applied."""
+        self.flush()
+        return self.__dict__.copy()
+
+
+def fast_slow(seed: int = 0) -> FastSlow:
+    """Factory used by `fastslow replay --policy fast-slow`."""
+    return FastSlow(seed=seed)
+
+
+def fast_only(seed: int = 0) -> FastSlow:
+    """Factory for `--policy fast-only`: the fast path over the frozen slow model, gate pinned to 1."""
+    model = FastSlow(fixed_gate=1.0, seed=seed)
+    model.name = "fast-only"
+    return model

@@ -1,0 +1,121 @@
+"""Scoring one request for FastSlow: candidates, per-candidate signals, and the reason to show.
+
+Candidates come from four sources: the item index (ANN with the fast-adjusted user vector),
+co-occurrence and transitions from the user's recent items, the episodic memory (what users
+with similar vectors did moments ago), and recent popularity. Each candidate then gets the
+slow model's score and the fast-path signals of `models.gate.FAST_SIGNALS`, each min-max
+normalised over the candidates, plus request features that tell the gate how much to trust
+the fast path for this user right now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.gate import FAST_SIGNALS, normalise
+
+
+@dataclass
+class Signals:
+    """Raw per-request signals over the whole catalogue (dense) plus memory hits (sparse)."""
+
+    base: np.ndarray
+    fast_vec: np.ndarray
+    cooc: np.ndarray
+    trans: np.ndarray
+    popularity: np.ndarray
+    mem_rows: np.ndarray
+    mem_weight: np.ndarray
+    mem_strength: float
+
+
+@dataclass
+class Scored:
+    """One scored request: candidates and everything the gate needs to learn from it."""
+
+    user_id: str
+    rows: np.ndarray
+    slow: np.ndarray
+    fast: np.ndarray
+    request: np.ndarray
+    gate: float
+    fast_score: np.ndarray
+    score: np.ndarray
+
+    def top(self, k: int) -> np.ndarray:
+        """Positions (into `rows`) of the k best candidates; ties go to the lower item row."""
+        return np.lexsort((self.rows, -self.score))[:k]
+
+
+def top_positive(signal: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the (at most) k largest strictly positive entries, in no particular order.
+
+    >>> sorted(top_positive(np.array([0.0, 3.0, 1.0, 2.0]), 2).tolist())
+    [1, 3]
+    """
+    nz = np.flatnonzero(signal > 0)
+    if len(nz) > k:
+        nz = nz[np.argpartition(-signal[nz], k - 1)[:k]]
+    return nz
+
+
+def merge_memory(rows: np.ndarray, mem_rows: np.ndarray, mem_weight: np.ndarray) -> np.ndarray:
+    """Memory weight aligned with sorted candidate `rows` (0 where memory had nothing).
+
+    >>> merge_memory(np.array([1, 4, 7]), np.array([7, 2]), np.array([0.5, 0.9])).tolist()
+    [0.0, 0.0, 0.5]
+    """
+    out = np.zeros(len(rows))
+    if len(mem_rows) and len(rows):
+        pos = np.searchsorted(rows, mem_rows).clip(max=len(rows) - 1)
+        ok = rows[pos] == mem_rows
+        out[pos[ok]] = mem_weight[ok]
+    return out
+
+
+def candidate_features(rows: np.ndarray, sig: Signals, slow_rows: np.ndarray, item_vectors: np.ndarray,
+                       item_biases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised slow score, normalised fast signals (n, len(FAST_SIGNALS))) for candidates."""
+    srows = slow_rows[rows]
+    known = srows >= 0
+    vectors = item_vectors[srows[known]]
+    slow_raw = np.empty(len(rows))
+    slow_raw[known] = vectors @ sig.base + item_biases[srows[known]]
+    # an item the slow model never saw sits at the bottom of the slow ranking
+    slow_raw[~known] = slow_raw[known].min() if known.any() else 0.0
+    fw_raw = np.zeros(len(rows))
+    fw_raw[known] = vectors @ sig.fast_vec
+    columns = {
+        "fast_weights": fw_raw,
+        "cooccurrence": sig.cooc[rows],
+        "transition": sig.trans[rows],
+        "memory": merge_memory(rows, sig.mem_rows, sig.mem_weight),
+        "recent_popularity": np.log1p(sig.popularity[rows]),
+    }
+    fast = np.column_stack([normalise(columns[name]) for name in FAST_SIGNALS])
+    return normalise(slow_raw), fast
+
+
+#: Reason templates per strongest signal; {item} is the recent item that led to it.
+VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "purchase": "bought",
+         "rating": "rated", "skip": "skipped"}
+
+
+def reason_for(signal: str, trigger: str | None, verb: str | None) -> str:
+    """A short explanation for one recommended item.
+
+    >>> reason_for("transition", "X", "bought")
+    'because you just bought X'
+    >>> reason_for("memory", None, None)
+    'popular right now with people like you'
+    """
+    if signal in ("cooccurrence", "transition") and trigger is not None:
+        return f"because you just {verb or 'viewed'} {trigger}"
+    return {
+        "slow": "matches your long-term taste",
+        "fast_weights": "matches what you have been into lately",
+        "memory": "popular right now with people like you",
+        "recent_popularity": "trending now",
+    }.get(signal, "recommended for you")

@@ -1,0 +1,139 @@
+"""What the stream itself teaches about items, updated on every event (part of the fast path).
+
+- co-occurrence: items that appear close together in a user's history, each pair weighted
+  by how close (decay**distance), over the last `window` items;
+- transitions: the same, directed (what tends to come *after* an item), over a short window;
+- popularity: all-time counts and a recency-weighted count with a half-life.
+
+None of this waits for a model sync: it is what lets the fast path rank items that appeared
+minutes ago and that the slow model has never seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.cooccurrence import Cooccurrence
+from models.vocab import Vocab
+
+
+def _grow(array: np.ndarray, size: int) -> np.ndarray:
+    if size <= len(array):
+        return array
+    bigger = np.zeros(max(size, 2 * len(array)), dtype=array.dtype)
+    bigger[: len(array)] = array
+    return bigger
+
+
+class StreamStats:
+    """Item statistics learned online from the stream.
+
+    Examples
+    --------
+    >>> st = StreamStats(window=3, decay=0.5, transition_window=2, popularity_half_life=10.0)
+    >>> for item, t in [("a", 0.0), ("b", 1.0), ("c", 2.0)]:
+    ...     _ = st.learn(recent=[st.items.get(x) for x in "abc"[: "abc".index(item)]], item_id=item, timestamp=t)
+    >>> rows = [st.items.get(x) for x in "abc"]
+    >>> st.cooccurrence.get(rows[0], rows[2]), st.cooccurrence.get(rows[1], rows[2])   # c: 1 and 2 steps after
+    (0.5, 1.0)
+    >>> st.transitions.get(rows[2], rows[1]), st.transitions.get(rows[1], rows[2])   # directed
+    (0.0, 1.0)
+    >>> round(float(st.recent_popularity(2.0)[rows[0]]), 3)     # one event, 2 s old, half-life 10 s
+    0.871
+    """
+
+    def __init__(self, window: int = 20, decay: float = 0.7, transition_window: int = 5,
+                 transition_decay: float = 0.5, popularity_half_life: float = 86400.0) -> None:
+        self.window = window
+        self.decay = decay
+        self.transition_window = transition_window
+        self.transition_decay = transition_decay
+        self.popularity_half_life = popularity_half_life
+        self.items = Vocab()
+        self.cooccurrence = Cooccurrence(symmetric=True)
+        self.transitions = Cooccurrence(symmetric=False)
+        self.counts = np.zeros(1024)
+        self._pop = np.zeros(1024)          # decayed count as of self._pop_time
+        self._pop_time = 0.0
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @staticmethod
+    def pair_weights(n: int, decay: float) -> np.ndarray:
+        """Weights for the last n items, oldest first: decay**distance (1 for the latest).
+
+        >>> StreamStats.pair_weights(3, 0.5).tolist()
+        [0.25, 0.5, 1.0]
+        """
+        return decay ** np.arange(n - 1, -1, -1, dtype=np.float64)
+
+    def register(self, item_id: str) -> int:
+        """The item's row, adding it (with zero counts) if it is new."""
+        row = self.items.add(item_id)
+        if row >= len(self.counts):
+            self.counts = _grow(self.counts, row + 1)
+            self._pop = _grow(self._pop, row + 1)
+        return row
+
+    def observe(self, item_id: str, timestamp: float) -> int:
+        """Count one interaction with the item (registering it if new); returns its row."""
+        row = self.register(item_id)
+        self.counts[row] += 1
+        self._bump_popularity(row, timestamp)
+        return row
+
+    def link(self, histories: Sequence[np.ndarray], rows: Sequence[int]) -> None:
+        """Learn that each item row followed its history (the user's previous rows, oldest first)."""
+        pairs = {"cooc": ([], [], []), "trans": ([], [], [])}
+        for hist, row in zip(histories, rows):
+            for name, length, decay in (("cooc", self.window, self.decay),
+                                        ("trans", self.transition_window, self.transition_decay)):
+                window = hist[-length:]
+                if len(window):
+                    src, dst, wts = pairs[name]
+                    src.append(window)
+                    dst.append(np.full(len(window), row, dtype=np.int64))
+                    wts.append(self.pair_weights(len(window), decay))
+        for name, matrix in (("cooc", self.cooccurrence), ("trans", self.transitions)):
+            src, dst, wts = pairs[name]
+            if src:
+                matrix.add_pairs(np.concatenate(src).astype(np.int64), np.concatenate(dst), np.concatenate(wts))
+
+    def learn(self, recent: Sequence[int], item_id: str, timestamp: float) -> int:
+        """`observe` the item and `link` it to the user's `recent` rows at once; returns its row."""
+        row = self.observe(item_id, timestamp)
+        self.link([np.asarray(recent, dtype=np.int64)], [row])
+        return row
+
+    def _bump_popularity(self, row: int, timestamp: float) -> None:
+        # Decayed counts are stored as of `_pop_time`; an event at t adds 0.5**((_pop_time - t)/H).
+        # Re-reference to a newer time at most once per half-life, so an event costs O(1).
+        if self._pop_time == 0.0 or timestamp - self._pop_time > self.popularity_half_life:
+            self._pop *= math.pow(0.5, max(timestamp - self._pop_time, 0.0) / self.popularity_half_life)
+            self._pop_time = timestamp
+        self._pop[row] += math.pow(0.5, (self._pop_time - timestamp) / self.popularity_half_life)
+
+    def recent_popularity(self, now: float) -> np.ndarray:
+        """Recency-weighted counts per item row as of `now` (a view-sized copy)."""
+        factor = math.pow(0.5, (now - self._pop_time) / self.popularity_half_life)
+        return self._pop[: self.n_items] * factor
+
+    def cooccurrence_scores(self, recent: Sequence[int]) -> np.ndarray:
+        """Sum over the user's last `window` items of decay**age * C[h, :] (dense, per item row)."""
+        window = list(recent[-self.window:])
+        if not window:
+            return np.zeros(self.n_items)
+        return self.cooccurrence.scores(window, self.pair_weights(len(window), self.decay), n=self.n_items)
+
+    def transition_scores(self, recent: Sequence[int]) -> np.ndarray:
+        """Sum over the last `transition_window` items of decay**age * T[h -> :] (dense)."""
+        short = list(recent[-self.transition_window:])
+        if not short:
+            return np.zeros(self.n_items)
+        return self.transitions.scores(short, self.pair_weights(len(short), self.transition_decay),
+                                       n=self.n_items)

@@ -1,0 +1,119 @@
+"""The fast path's promises: a preference shows up in the very next list, state stays bounded,
+and the gate learns which path to trust."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from evaluation.synth import SynthConfig, generate
+from evaluation.stream import EventStream
+from models.fastslow import FastSlow, fast_only
+from models.slow import SlowRanker
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A small synthetic stream and a slow ranker trained on it."""
+    stream = generate(SynthConfig.preset("small", n_events=8_000, shift_fraction=0.0, seed=3))
+    events = EventStream.from_table(stream.events_table())
+    truth = stream.truth()
+    ranker = SlowRanker(dim=32, epochs=4, seed=0)
+    users, items, _, _, _ = events.columns()
+    ranker.fit(ranker.build_examples(users, items))
+    return events, truth, ranker
+
+
+def _learned(world, **kwargs) -> FastSlow:
+    events, _, ranker = world
+    model = FastSlow(ranker=ranker.clone(), **kwargs)
+    model.learn_warmup(*events.columns())
+    return model
+
+
+def _history(events: EventStream) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = {}
+    users, items, _, _, _ = events.columns()
+    for u, i in zip(users, items):
+        seen.setdefault(u, set()).add(i)
+    return seen
+
+
+def test_a_handful_of_events_shows_up_in_that_users_next_top10_and_not_in_anothers(world):
+    events, truth, _ = world
+    model = _learned(world)
+    seen = _history(events)
+    cats_of = {u: {truth.item_category[i] for i in items} for u, items in seen.items()}
+    active = sorted(seen, key=lambda u: -len(seen[u]))
+    alice, bob = active[0], active[1]
+    # a category neither of them ever touched, with enough items to show a preference
+    by_size = sorted(set(truth.item_category.values()), key=lambda c: -len(truth.category_items(c)))
+    new_cat = next(c for c in by_size if c not in cats_of[alice] | cats_of[bob])
+    cat_items = sorted(truth.category_items(new_cat) & set(model._stats.items.ids()))
+    chosen, rest = cat_items[:5], set(cat_items[5:])
+    bob_before = model.recommend(bob, 10, exclude=seen[bob])
+    alice_before = model.recommend(alice, 10, exclude=seen[alice])
+    assert not rest & set(alice_before)
+
+    t = float(events.timestamps[-1])
+    for n, item in enumerate(chosen):
+        model.learn_one(alice, item, t + 60.0 * (n + 1), "click")
+
+    alice_after = model.recommend(alice, 10, exclude=seen[alice] | set(chosen))
+    bob_after = model.recommend(bob, 10, exclude=seen[bob])
+    assert len(rest & set(alice_after)) >= 2, alice_after
+    assert len(rest & set(bob_after)) <= len(rest & set(bob_before))
+
+
+def test_fast_state_expires_idle_users_and_ages_out_memory(world):
+    events, _, ranker = world
+    model = FastSlow(ranker=ranker.clone(), fast={"ttl": 3600.0}, memory_max_age=3600.0, expire_every=10)
+    model.learn_one("early", "x1", 1_000.0)
+    model.learn_one("early", "x2", 1_010.0)
+    model.flush()
+    assert "early" in model._fast and len(model._memory) == 2
+    for n in range(10):
+        model.learn_one(f"late{n}", f"y{n}", 10_000.0 + n)
+    assert "early" not in model._fast
+    assert model._fast.expired == 1
+    assert model._memory.entries_of(model._users.get("early")).ids.size == 0
+
+
+def test_user_cap_evicts_the_least_recently_active(world):
+    _, _, ranker = world
+    model = FastSlow(ranker=ranker.clone(), fast={"max_users": 3})
+    for n, user in enumerate(["a", "b", "c", "a", "d"]):
+        model.learn_one(user, "x", 100.0 + n)
+    assert sorted(model._fast.users()) == ["a", "c", "d"]
+
+
+def test_gate_moves_toward_the_fast_path_when_the_stream_is_a_fixed_item_chain(world):
+    events, _, ranker = world
+    model = FastSlow(ranker=ranker.clone())
+    items = sorted(set(events.columns()[1]))[:60]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(items).tolist()
+    nxt = {order[n]: order[(n + 1) % len(order)] for n in range(len(order))}
+    gates, t = [], float(events.timestamps[-1])
+    for session in range(120):
+        user, item = f"chain{session % 40}", order[rng.integers(len(order))]
+        for step in range(6):
+            t += 30.0
+            scored = model.score(user)
+            gates.append(scored.gate)
+            model.recommend(user, 10)           # what was shown; the next event teaches the gate
+            model.learn_one(user, item, t)
+            item = nxt[item]
+    assert np.mean(gates[-100:]) > np.mean(gates[:100]) + 0.05
+
+
+def test_fast_only_pins_the_gate_and_snapshots_round_trip(world):
+    events, _, ranker = world
+    model = fast_only()
+    assert model.name == "fast-only" and model._gate.value(np.ones(8)) == 1.0
+    full = _learned(world)
+    user = events.user(len(events) - 1)
+    copy = pickle.loads(pickle.dumps(full))
+    assert copy.recommend(user, 10) == full.recommend(user, 10)
