@@ -414,6 +414,29 @@ class FastSlow(Recommender):
         mine = np.flatnonzero(entries.items == row)
         return EVENT_KINDS[int(entries.types[mine[-1]])] if len(mine) else "view"
 
+    def fast_preferences(self, since: float = 0.0, k: int = 10,
+                         users: Collection[str] | None = None) -> dict[str, list[tuple[str, float]]]:
+        """What the fast path currently prefers for each user active since `since` (stream time).
+
+        Per user: the top k items by the fast path alone (gate pinned to 1, items the user
+        already had excluded) with their fast scores. Consolidation distils these into the slow
+        model, so a preference the user expressed only recently survives the fast state's decay.
+        """
+        self.flush()
+        chosen = users if users is not None else [u for u in self._fast.users()
+                                                   if self._fast.get(u).updated >= since]
+        out = {}
+        for user_id in chosen:
+            if user_id not in self._fast:
+                continue
+            scored = self.score(user_id, self.history(user_id))
+            if not len(scored.rows):
+                continue
+            order = np.lexsort((scored.rows, -scored.fast_score))[:k]
+            out[user_id] = [(self._stats.items.id_of(int(scored.rows[n])), float(scored.fast_score[n]))
+                            for n in order]
+        return out
+
     def history(self, user_id: str) -> list[str]:
         """The user's recent item ids held in fast state, oldest first."""
         return [self._stats.items.id_of(int(r)) for r in self._recent(user_id)]
