@@ -162,6 +162,11 @@ class StreamAggregates:
         return {"user_stream": VIEWS["user_stream"].frame(user_rows),
                 "item_stream": VIEWS["item_stream"].frame(item_rows)}
 
+    def forget_user(self, user: str) -> bool:
+        """Drop the user's windows (a deleted user); True if there were any."""
+        self._scheduled.pop(("user_stream", user), None)  # its pending expiry row is skipped
+        return self._users.pop(user, None) is not None
+
     def _is_duplicate(self, event_id: str | None) -> bool:
         if event_id is None:
             return False

@@ -78,6 +78,10 @@ class AttributeTracker:
                         rows[view].append(row)
         return {v: VIEWS[v].frame(r) for v, r in rows.items()}
 
+    def forget(self, view: str, key: str) -> bool:
+        """Drop what is remembered of `key` in `view` (a deleted user); True if there was any."""
+        return self._current[view].pop(key, None) is not None
+
     def _read(self, view: str, context: dict, mapping: dict[str, str]) -> dict[str, object]:
         found = {}
         for feature, key in mapping.items():

@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from fastslow.errors import ConfigError
 from features.aggregates import StreamAggregates
 from features.attributes import AttributeTracker
 from features.errors import FeatureInputError
@@ -208,6 +209,48 @@ class FeatureStoreClient:
             self.store.push(PUSH_SOURCES[view], latest, to=PushMode.ONLINE)
         else:
             self.store.write_to_online_store(view, latest)
+
+    def forget_user(self, user_id: str) -> int:
+        """Delete the user's online rows in every user view and their in-memory aggregates.
+
+        What ``DELETE /users/{id}`` calls. Returns the online rows removed (one per view that
+        held the user). The offline store (parquet history for training frames) is kept.
+        Supported online stores: sqlite (Feast's or `features.online_store`'s) and Redis.
+        """
+        views = views_for("user_id")
+        key = [_entity_key("user_id", user_id)]
+        removed = sum(1 for view in views
+                      for _, values in self._online.online_read(self.store.config, self._views[view.name], key)
+                      if values and any(v.WhichOneof("val") for v in values.values()))  # Redis: empty
+        self._delete_online(user_id, [view.name for view in views])
+        for view in views:
+            self._written.pop((view.name, user_id), None)
+        self.aggregates.forget_user(user_id)
+        self.attributes.forget("user_attributes", user_id)
+        logger.info("forgot user %s: %d online feature rows removed", user_id, removed)
+        return removed
+
+    def _delete_online(self, user_id: str, views: list[str]) -> None:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.infra.online_stores.redis import RedisOnlineStore
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
+
+        config, key = self.store.config, _entity_key("user_id", user_id)
+        if isinstance(self._online, SqliteOnlineStore):
+            conn = self._online._get_conn(config)
+            encoded = serialize_entity_key(key, config.entity_key_serialization_version)
+            versioning = config.registry.enable_online_feature_view_versioning
+            for view in views:
+                name = _table_id(config.project, self._views[view], versioning)
+                conn.execute(f"DELETE FROM {_quote_id(name)} WHERE entity_key = ?", (encoded,))
+            conn.commit()
+        elif isinstance(self._online, RedisOnlineStore):  # one hash per entity holds every user view
+            client = self._online._get_client(config.online_store)
+            client.delete(_redis_key(config.project, key, config.entity_key_serialization_version))
+        else:
+            raise ConfigError("feast online store", type(self._online).__name__,
+                              "sqlite or redis (the stores forget_user can delete rows from)")
 
     # ---- reading -------------------------------------------------------------------------
 
