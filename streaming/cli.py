@@ -21,8 +21,9 @@ from streaming.log_options import (AssumeUtcOption, ContextColOption, IdColOptio
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "itemknn"
-"""The model `fastslow worker` runs unless ``--model`` names another."""
+DEFAULT_MODEL = "champion"
+"""The model `fastslow worker` runs unless ``--model`` names another: FastSlow over the MLflow
+champion (`streaming.champion`)."""
 
 BootstrapOption = Annotated[Optional[str], typer.Option(  # noqa: UP045 (typer needs Optional)
     "--bootstrap-servers", help="Kafka bootstrap servers host:port (default: the FASTSLOW_KAFKA_BOOTSTRAP setting).")]
@@ -117,7 +118,8 @@ def worker_command(
     worker_id: Annotated[str, typer.Option(
         help="Stable name of this worker (its snapshot is found by it after a restart).")] = "worker-0",
     model: Annotated[str, typer.Option(
-        help="Model to run: a replay policy name (see `fastslow replay --help`) or module:factory.")] = DEFAULT_MODEL,
+        help="Model to run: 'champion' (FastSlow over the MLflow champion slow ranker), a replay policy name "
+             "(see `fastslow replay --help`, for experiments) or module:factory.")] = DEFAULT_MODEL,
     data_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Archive and snapshots go here (default: the FASTSLOW_DATA_DIR setting).")] = None,
     max_poll_records: Annotated[int, typer.Option(min=1, help="Records per poll at most.")] = 2000,
@@ -141,7 +143,11 @@ def worker_command(
     _quiet_kafka(settings.log_level)
     bootstrap = resolve_bootstrap(bootstrap_servers, settings.kafka_bootstrap)
     try:
-        recommender = make_model(model)
+        recommender = worker_model(model, settings, data_dir or settings.data_dir)
+    except FastslowError as exc:  # no champion yet, or an unknown --model
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
         ensure_topics(bootstrap, [TopicSpec(topic, DEFAULT_PARTITIONS), TopicSpec(dlq_topic, 1)])
         worker = Worker(recommender, bootstrap, topic=topic, dlq_topic=dlq_topic, group_id=group,
                         data_dir=data_dir or settings.data_dir, worker_id=worker_id,
@@ -161,6 +167,21 @@ def worker_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps(worker.stats.as_dict()))
+
+
+def worker_model(spec: str, settings, data_dir: Path):
+    """The worker's model: FastSlow over the champion for ``champion``, else `make_model`.
+
+    The champion comes from the ``mlflow_tracking_uri`` setting, or by default from the
+    registry in ``data_dir`` (where `fastslow consolidate` puts it).
+    """
+    if spec != DEFAULT_MODEL:
+        return make_model(spec)
+    from consolidation.registry import default_tracking_uri
+    from streaming.champion import champion_fastslow
+
+    tracking_uri = settings.mlflow_tracking_uri or default_tracking_uri(data_dir)
+    return champion_fastslow(tracking_uri, settings.model_name)[1]
 
 
 def make_model(spec: str):

@@ -8,7 +8,10 @@ batch it
    value and headers plus the reason in headers (`streaming.dlq`);
 2. skips an event whose ``event_id`` it applied recently (`streaming.dedup`);
 3. applies the others to the model with ``learn_one`` in each partition's offset order, the
-   call the prequential replay makes (`evaluation.protocol`);
+   call the prequential replay makes (`evaluation.protocol`), then calls the model's
+   ``flush()`` if it has one (`models.fastslow.FastSlow` queues per-event work and applies it
+   vectorised there), so the whole batch is in the model before anything is committed or
+   snapshotted;
 4. queues them for the event archive (`streaming.archive`).
 
 Every ``flush_interval_s`` seconds (or ``flush_events`` records) it writes the archive
@@ -259,6 +262,7 @@ class Worker:
             holding.segment.add(decoded.events.slice(first, last - first).take(pa.array(kept)), offsets)
             holding.segment.cover(part[0].offset, part[-1].offset)
             holding.position = part[-1].offset + 1
+        self._flush_model()
         applied = decoded.events.num_rows - duplicates
         report = BatchReport(len(records), applied, len(decoded.rejected), duplicates, users,
                              time.perf_counter() - started)
@@ -279,6 +283,13 @@ class Worker:
             users.add(user)
             kept.append(row)
         return np.array(kept, dtype=np.int64)
+
+    def _flush_model(self) -> None:
+        """Let a model that queues per-event work (``flush``) apply the batch now, in one go."""
+        flush = getattr(self.model, "flush", None)
+        if flush is not None:
+            with self.lock:
+                flush()
 
     # -- durability ------------------------------------------------------------------------
 
