@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -19,42 +14,19 @@ from streaming.partitioning import partition_of
 from streaming.producer import produce_events
 from streaming.snapshots import SnapshotStore, snapshot_dir
 from streaming.worker import Worker
-from worker_fixtures import UserItemCounts, committed_total, event_table, make_topics, replay, unique, wait_for
+from worker_fixtures import (UserItemCounts, committed_total, event_table, make_topics, replay, start_worker, unique,
+                             wait_for, wait_in_log)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-TESTS_DIR = Path(__file__).parent
-FASTSLOW = Path(sys.executable).parent / "fastslow"
-
-
-def _start_worker(broker: str, topic: str, group: str, data_dir: Path, log: Path, flush_interval: float = 0.2,
-                  snapshot_interval: float = 1.0) -> subprocess.Popen:
-    argv = [str(FASTSLOW), "worker", "--bootstrap-servers", broker, "--topic", topic, "--dlq-topic", topic + ".dlq",
-            "--group", group, "--worker-id", "w1", "--model", "worker_fixtures:UserItemCounts",
-            "--data-dir", str(data_dir), "--flush-interval", str(flush_interval),
-            "--snapshot-interval", str(snapshot_interval), "--snapshot-events", "2500", "--stats-interval", "0.5"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-           "FASTSLOW_LOG_LEVEL": "INFO"}
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _wait_in_log(log: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
-    def seen() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        return text in log.read_text()
-
-    wait_for(seen, timeout, f"{text!r} in the worker log")
 
 
 def test_kill_9_mid_stream_then_restart_gives_the_state_of_an_uninterrupted_replay(broker, tmp_path):
     topic, _ = make_topics(broker)
     group, log = unique("group"), tmp_path / "worker.log"
     table = event_table(20_000, users=300, items=200, seed=3)
-    first = _start_worker(broker, topic, group, tmp_path, log)
+    first = start_worker(broker, topic, group, tmp_path, log)
     try:
-        _wait_in_log(log, "assigned partitions", first, 30)
+        wait_in_log(log, "assigned partitions", first, 30)
         producer = make_producer(broker)
         sending = threading.Thread(target=produce_events, args=(producer, table, topic, 5000))
         sending.start()
@@ -62,7 +34,7 @@ def test_kill_9_mid_stream_then_restart_gives_the_state_of_an_uninterrupted_repl
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_at = committed_total(broker, group, topic)
-        second = _start_worker(broker, topic, group, tmp_path, log)
+        second = start_worker(broker, topic, group, tmp_path, log)
         sending.join(30)
         producer.close()
         wait_for(lambda: committed_total(broker, group, topic) == table.num_rows, 60, "every event committed")
@@ -91,9 +63,9 @@ def test_sigterm_finishes_the_batch_commits_snapshots_and_exits_0(broker, tmp_pa
     producer = make_producer(broker)
     produce_events(producer, table, topic)
     producer.close()
-    worker = _start_worker(broker, topic, group, tmp_path, log, flush_interval=600, snapshot_interval=600)
+    worker = start_worker(broker, topic, group, tmp_path, log, flush_interval=600, snapshot_interval=600)
     try:
-        _wait_in_log(log, '"records": 700', worker, 30)  # consumed, but nothing flushed or committed yet
+        wait_in_log(log, '"records": 700', worker, 30)  # consumed, but nothing flushed or committed yet
         assert committed_total(broker, group, topic) == 0
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0

@@ -8,11 +8,15 @@ in-process replay of the same events.
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Collection
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +71,40 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+TESTS_DIR = Path(__file__).parent
+FASTSLOW = Path(sys.executable).parent / "fastslow"
+
+
+def start_worker(broker: str, topic: str, group: str, data_dir: Path, log: Path, *extra: str,
+                 model: str = "worker_fixtures:UserItemCounts", flush_interval: float = 0.2,
+                 snapshot_interval: float = 1.0, snapshot_events: int = 2500,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`fastslow worker` as a child process (worker id ``w1``), its output appended to ``log``.
+
+    ``model=None`` leaves ``--model`` out (the command's default: FastSlow over the champion).
+    """
+    argv = [str(FASTSLOW), "worker", "--bootstrap-servers", broker, "--topic", topic, "--dlq-topic", topic + ".dlq",
+            "--group", group, "--worker-id", "w1", "--data-dir", str(data_dir),
+            "--flush-interval", str(flush_interval), "--snapshot-interval", str(snapshot_interval),
+            "--snapshot-events", str(snapshot_events), "--stats-interval", "0.5", *extra]
+    if model is not None:
+        argv += ["--model", model]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+           "FASTSLOW_LOG_LEVEL": "INFO", **(env or {})}
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_in_log(log: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``text`` appears in ``log``; fail at once if the process exits first."""
+    def seen() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        return text in log.read_text()
+
+    wait_for(seen, timeout, f"{text!r} in the worker log")
 
 
 def committed_total(bootstrap: str, group: str, topic: str) -> int:
