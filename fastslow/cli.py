@@ -34,9 +34,11 @@ COMMANDS: list[tuple[str, str]] = [
     ("consolidate", "consolidation.cli:consolidate_command"),
     ("promote", "consolidation.cli:promote_command"),
     ("models", "consolidation.cli:models_command"),
+    ("serve", "serving.cli:serve_command"),
 ]
 BENCHES: list[tuple[str, str]] = [
     ("features", "features.bench:bench_features"),
+    ("serve", "serving.bench:bench_serve"),
 ]
 # Sub-applications (typer.Typer objects) mounted under a name, e.g. `fastslow features apply`.
 GROUPS: list[tuple[str, str]] = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,3 +60,15 @@ class Settings(BaseSettings):
 
     consolidation_epochs: int = 3
     """Training epochs of each consolidation's challenger (FASTSLOW_CONSOLIDATION_EPOCHS)."""
+
+    api_key: SecretStr | None = None
+    """Key `fastslow serve` requires in the X-API-Key header of POST and DELETE; unset: loopback only (FASTSLOW_API_KEY)."""
+
+    serve_host: str = "127.0.0.1"
+    """Address `fastslow serve` binds; anything but loopback needs api_key (FASTSLOW_SERVE_HOST)."""
+
+    serve_port: int = 8000
+    """Port `fastslow serve` listens on (FASTSLOW_SERVE_PORT)."""
+
+    champion_poll_s: float = 5.0
+    """Seconds between the server's polls of the registry for a new champion (FASTSLOW_CHAMPION_POLL_S)."""

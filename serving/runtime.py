@@ -1,0 +1,432 @@
+"""Everything one serving process holds, started and stopped together: `Runtime`.
+
+- **The model**: a `models.fastslow.FastSlow` over the registry's champion slow ranker
+  (`Runtime.from_settings`), or any FastSlow handed in (tests, benchmarks).
+- **An in-process worker** (`streaming.worker.Worker`, by default): it consumes the
+  interactions topic and updates the *same* model object the API scores with, so an event
+  changes the next recommendation within milliseconds. Every model access holds
+  `Worker.lock`, the lock the worker holds while learning. The worker restores its snapshot
+  at start, which may replace the model object: `Runtime.model` always answers the current one.
+- **A Kafka producer** for ``POST /events`` (keyed by user, like `streaming.producer`).
+- **A champion watcher** thread: every ``poll_interval_s`` it asks the registry for the
+  champion's version (`consolidation.registry.ModelRegistry.champion_version`, one cheap
+  query) and after a promotion or rollback loads the new ranker (outside the lock) and swaps
+  it in with ``model.use_ranker(new, keep_fast=0.0)`` under the lock, between two requests.
+- **Deleted users** (`forget_user`): their fast state and memory entries, their online
+  features, and a tombstone in ``<data_dir>/deleted_users.txt`` that consolidation reads
+  (`consolidation.sampling.read_deleted_users`). Tombstoned ids stay deleted: events for them
+  are refused at intake, and any the worker still applies (produced before the deletion,
+  or re-read after a restart) are forgotten again right after their batch.
+
+`start` / `stop` (or ``with``) own every thread and client; `stop` joins them all, also
+when `start` failed half-way.
+
+Examples
+--------
+>>> from models.fastslow import FastSlow
+>>> with Runtime(FastSlow(), data_dir=tempfile.mkdtemp()) as runtime:   # no broker: scoring only
+...     runtime.model.learn_one("u1", "apple", 1714564800.0)
+...     runtime.model.learn_one("u2", "apple", 1714564801.0)
+...     runtime.model.learn_one("u2", "pear", 1714564802.0)
+...     [item["item_id"] for item in runtime.recommend("u1", k=2)["items"]]
+['pear']
+>>> runtime.readiness()
+['no Kafka broker configured (events cannot be accepted)']
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from consolidation.sampling import read_deleted_users, record_deleted_user
+from fastslow.errors import FastslowError
+from serving.metrics import ServingMetrics
+from streaming.kafka import TOPIC_DLQ, TOPIC_INTERACTIONS, make_producer
+from streaming.partitioning import user_key
+
+if TYPE_CHECKING:
+    from consolidation.registry import ModelRegistry
+    from fastslow.settings import Settings
+    from streaming.events import Interaction
+    from streaming.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKER_ID = "serve-0"
+"""Worker id of the in-process worker (distinct from `fastslow worker`'s ``worker-0``)."""
+DELETED_USERS_FILE = "deleted_users.txt"
+ACK_TIMEOUT_S = 10.0
+BROKER_CHECK_S = 1.0
+
+
+class ServingError(FastslowError):
+    """The serving process cannot do what was asked: what, why, and what to do.
+
+    >>> str(ServingError("events", "no Kafka broker configured", "start one with `fastslow broker`"))
+    'events: no Kafka broker configured (start one with `fastslow broker`)'
+    """
+
+    def __init__(self, what: str, reason: str, hint: str = "") -> None:
+        self.what, self.reason, self.hint = what, reason, hint
+        super().__init__(f"{what}: {reason}" + (f" ({hint})" if hint else ""))
+
+
+class Runtime:
+    """The model, worker, producer and champion watcher of one serving process.
+
+    Parameters
+    ----------
+    model
+        A `models.fastslow.FastSlow` (``explain``, ``history``, ``use_ranker``, ``forget_users``).
+    bootstrap
+        Kafka bootstrap servers; None serves without a broker (no ``POST /events``, no worker).
+    consume
+        Run the in-process worker (needs ``bootstrap``).
+    topic, dlq_topic, group_id, worker_id
+        Where events go and come from, and the worker's group and stable id.
+    data_dir
+        Worker archive and snapshots, and ``deleted_users.txt``.
+    registry, champion_version
+        The model registry to watch, and the version ``model`` serves now (None: not from it).
+    features
+        A `features.store.FeatureStoreClient` whose online rows a deletion removes (None: none).
+    poll_interval_s
+        Seconds between champion polls.
+    worker_options
+        Extra `streaming.worker.Worker` keyword arguments.
+    """
+
+    def __init__(self, model: Any, *, bootstrap: str | None = None, consume: bool = True,
+                 topic: str = TOPIC_INTERACTIONS, dlq_topic: str = TOPIC_DLQ, group_id: str | None = None,
+                 worker_id: str = DEFAULT_WORKER_ID, data_dir: str | Path = ".fastslow",
+                 registry: ModelRegistry | None = None, champion_version: int | None = None,
+                 features: Any = None, poll_interval_s: float = 5.0,
+                 worker_options: dict[str, Any] | None = None) -> None:
+        self.bootstrap, self.consume = bootstrap, consume and bootstrap is not None
+        self.topic, self.dlq_topic, self.group_id, self.worker_id = topic, dlq_topic, group_id, worker_id
+        self.data_dir = Path(data_dir)
+        self.registry, self.champion_version = registry, champion_version
+        self.features, self.poll_interval_s = features, poll_interval_s
+        self.worker_options = dict(worker_options or {})
+        self.metrics = ServingMetrics()
+        self.metrics.champion_version.set(champion_version or 0)
+        self.metrics.watch(lambda: (self.worker.stats if self.worker is not None else None, self.features))
+        self.worker: Worker | None = None
+        self.worker_error: BaseException | None = None
+        self.watcher_error: BaseException | None = None
+        self._model = model
+        self._own_lock = threading.RLock()
+        self._feature_lock = threading.Lock()
+        self._producer = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._deleted = read_deleted_users(self.deleted_users_path)
+        self._broker_checked: tuple[float, str | None] = (-math.inf, None)
+
+    # -- building from settings ------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, bootstrap: str | None, consume: bool = True,
+                      worker_id: str = DEFAULT_WORKER_ID) -> Runtime:
+        """A runtime over the registry's champion, the data dir's feature repo (if applied).
+
+        Raises `ServingError` when the registry has no champion yet, saying how to make one.
+        """
+        from consolidation.registry import ModelRegistry, NoChampionError, default_tracking_uri
+        from models.fastslow import FastSlow
+
+        uri = settings.mlflow_tracking_uri or default_tracking_uri(settings.data_dir)
+        registry = ModelRegistry(uri, settings.model_name)
+        try:
+            version, ranker = registry.load_champion()
+        except NoChampionError:
+            raise ServingError("model", f"no champion version of {settings.model_name!r} in {uri}",
+                               "train and promote the first one with `fastslow consolidate --events LOG` "
+                               "(or run `fastslow demo`), then start `fastslow serve` again") from None
+        logger.info("serving champion v%d of %s (%d items)", version, settings.model_name, len(ranker.items))
+        return cls(FastSlow(ranker=ranker), bootstrap=bootstrap, consume=consume, worker_id=worker_id,
+                   data_dir=settings.data_dir, registry=registry, champion_version=version,
+                   features=_feature_client(settings), poll_interval_s=settings.champion_poll_s)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        """The model serving now (the worker's, once it restored its snapshot)."""
+        return self.worker.model if self.worker is not None else self._model
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held around every read or change of the model (the worker's lock when it runs)."""
+        return self.worker.lock if self.worker is not None else self._own_lock
+
+    @property
+    def deleted_users_path(self) -> Path:
+        return self.data_dir / DELETED_USERS_FILE
+
+    def start(self) -> Runtime:
+        """Connect the producer, start the worker and the champion watcher."""
+        try:
+            if self.bootstrap is not None:
+                self._producer = make_producer(self.bootstrap)
+            if self.consume:
+                self._start_worker()
+            if self.registry is not None:
+                self._spawn("champion-watcher", self._watch)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the watcher and the worker (which commits and snapshots), close the producer."""
+        self._stopping.set()
+        if self.worker is not None:
+            self.worker.stop()
+        try:
+            for thread in self._threads:
+                thread.join()
+        finally:
+            self._threads = []
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                producer.close(timeout=ACK_TIMEOUT_S)
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _start_worker(self) -> None:
+        from streaming.worker import DEFAULT_GROUP, Worker
+
+        worker = Worker(self._model, self.bootstrap, topic=self.topic, dlq_topic=self.dlq_topic,
+                        group_id=self.group_id or DEFAULT_GROUP, data_dir=self.data_dir, worker_id=self.worker_id,
+                        on_batch=self._after_batch, **self.worker_options)
+        worker.start()  # may restore a snapshot: worker.model is what serves from now on
+        self.worker = worker
+        if worker.model is not self._model:
+            self._reconcile_restored(worker.model)
+        with self.lock:
+            self.model.forget_users(sorted(self._deleted))
+        self._spawn("worker", self._run_worker)
+
+    def _run_worker(self) -> None:
+        worker, clean = self.worker, False
+        one_faiss_thread()
+        try:
+            worker.run()
+            clean = True
+        except BaseException as exc:  # the API keeps answering; /readyz reports it
+            self.worker_error = exc
+            logger.exception("in-process worker %s stopped", worker.worker_id)
+        finally:
+            worker.close(snapshot=clean)
+
+    def _reconcile_restored(self, restored: Any) -> None:
+        """The worker restored a snapshot: serve the champion we loaded if it differs from its ranker."""
+        old, new = restored.slow_model, self._model.slow_model
+        if old.items.ids() == new.items.ids() and np.array_equal(old.item_vectors, new.item_vectors):
+            return
+        logger.info("worker snapshot holds another slow model than champion v%s: swapping it in",
+                    self.champion_version)
+        with self.lock:
+            restored.use_ranker(new, keep_fast=0.0)
+
+    def _after_batch(self, report) -> None:
+        """Worker thread, after each batch: freshness, and deleted users applied again forgotten."""
+        latency_ms = self.worker.stats.last_apply_latency_ms
+        if latency_ms is not None:
+            self.metrics.freshness.observe(max(latency_ms, 0.0) / 1000)
+        again = report.users & self._deleted
+        if again:
+            with self.lock:
+                self.model.forget_users(sorted(again))
+            logger.info("forgot %d deleted users again after their events were applied", len(again))
+
+    # -- the champion watcher --------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.poll_interval_s):
+            try:
+                self.poll_champion()
+                self.watcher_error = None
+            except Exception as exc:  # noqa: BLE001 -- a registry hiccup must not end hot reloads;
+                self.watcher_error = exc  # it is logged, counted and shown by /readyz
+                self.metrics.champion_reload_failures.inc()
+                logger.warning("champion poll failed (retried in %.1f s): %r", self.poll_interval_s, exc)
+
+    def poll_champion(self) -> bool:
+        """Swap in the registry's champion if it changed; True if it did."""
+        found = self.registry.load_if_changed(self.champion_version)
+        if found is None:
+            return False
+        version, ranker = found
+        started = time.perf_counter()
+        with self.lock:
+            self.model.use_ranker(ranker, keep_fast=0.0)
+            previous, self.champion_version = self.champion_version, version
+        self.metrics.champion_version.set(version)
+        self.metrics.champion_reloads.inc()
+        logger.info("champion v%s -> v%d swapped in (%.0f ms under the lock)", previous, version,
+                    (time.perf_counter() - started) * 1000)
+        return True
+
+    # -- requests --------------------------------------------------------------------------
+
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
+        """The top ``k`` for ``user_id`` with scores and reasons (the ``/recommend`` body)."""
+        started = time.perf_counter()
+        one_faiss_thread()
+        with self.lock:
+            model = self.model
+            seen = model.history(user_id)
+            recs = model.explain(user_id, k, exclude=seen if exclude_seen else ())
+            cold = not seen and model.slow_model.users.get(user_id) < 0
+            version = self.champion_version
+        self.metrics.recommendations.labels(cold_start=str(cold).lower()).inc()
+        return {"user_id": user_id,
+                "items": [{"item_id": r.item_id, "score": _finite(r.score), "fast": _finite(r.fast),
+                           "slow": _finite(r.slow), "reason": r.reason} for r in recs],
+                "gate": _finite(recs[0].gate) if recs else None, "cold_start": cold, "model_version": version,
+                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def is_deleted(self, user_id: str) -> bool:
+        return user_id in self._deleted
+
+    def produce(self, events: Sequence[Interaction]) -> list[str]:
+        """Send validated events to Kafka keyed by user; their ids once all are acknowledged."""
+        if self._producer is None:
+            raise ServingError("events", "no Kafka broker configured",
+                               "start the server with --bootstrap-servers or FASTSLOW_KAFKA_BOOTSTRAP")
+        from kafka.errors import KafkaError
+
+        futures = [self._producer.send(self.topic, key=user_key(e.user_id), value=e.to_json_bytes())
+                   for e in events]
+        try:
+            for future in futures:
+                future.get(timeout=ACK_TIMEOUT_S)
+        except KafkaError as exc:
+            raise ServingError("events", f"Kafka did not acknowledge them ({exc!r})",
+                               "retry: the worker drops duplicates by event_id") from None
+        self.metrics.events_accepted.inc(len(events))
+        return [e.event_id for e in events]
+
+    def forget_user(self, user_id: str) -> dict[str, Any]:
+        """Forget ``user_id`` everywhere this process reaches; what was removed, per store."""
+        if user_id not in self._deleted:  # first, so a crash below still keeps them out of consolidation
+            record_deleted_user(self.deleted_users_path, user_id)
+            self._deleted.add(user_id)
+        with self.lock:
+            model = self.model
+            held = _footprint(model, user_id)
+            model.forget_users([user_id])
+        online = None
+        if self.features is not None:
+            with self._feature_lock:
+                online = self.features.forget_user(user_id)
+        self.metrics.users_deleted.inc()
+        logger.info("deleted user %s: %s, %s online feature rows", user_id, held, online)
+        return {"user_id": user_id,
+                "removed": {**held, "online_feature_rows": online},
+                "consolidation": f"excluded from future samples ({self.deleted_users_path})",
+                "slow_model_knows_user": model.slow_model.users.get(user_id) >= 0}
+
+    # -- health ----------------------------------------------------------------------------
+
+    def readiness(self) -> list[str]:
+        """Why this process cannot serve fully right now (empty: ready)."""
+        reasons = []
+        if self.model is None:
+            reasons.append("no model loaded")
+        if self.bootstrap is None:
+            reasons.append("no Kafka broker configured (events cannot be accepted)")
+        else:
+            problem = self._broker_problem()
+            if problem:
+                reasons.append(problem)
+        if self.consume and self.worker_error is not None:
+            reasons.append(f"in-process worker stopped: {self.worker_error!r}")
+        return reasons
+
+    def _broker_problem(self) -> str | None:
+        """A TCP connect to the bootstrap servers (at most once per `BROKER_CHECK_S`)."""
+        checked_at, problem = self._broker_checked
+        now = time.monotonic()
+        if now - checked_at < BROKER_CHECK_S:
+            return problem
+        problem = f"Kafka broker unreachable at {self.bootstrap}"
+        for server in self.bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5).close()
+            except (OSError, ValueError):
+                continue
+            problem = None
+            break
+        self._broker_checked = (now, problem)
+        return problem
+
+
+_thread_state = threading.local()
+
+
+def one_faiss_thread() -> None:
+    """Give FAISS one OpenMP thread in the calling thread (once per thread).
+
+    OpenMP's thread count is a per-thread setting: `models.memory.set_faiss_threads` in the
+    main thread does not reach the threads that score requests or run the worker, which
+    otherwise search with one OpenMP thread per core (measured here: ~15 ms of CPU per
+    request at 10k items instead of ~2 ms, on a busy 2-core machine).
+    """
+    if not getattr(_thread_state, "faiss_threads_set", False):
+        from models.memory import set_faiss_threads
+
+        set_faiss_threads(1)
+        _thread_state.faiss_threads_set = True
+
+
+def _footprint(model: Any, user_id: str) -> dict[str, int]:
+    """What the model holds for the user: fast state (0/1), recent items and memory entries.
+
+    Read through ``export_users`` (memory entries of a user whose fast state already expired
+    are not counted there, though ``forget_users`` removes them too).
+    """
+    exported = pickle.loads(model.export_users([user_id])).get(user_id)
+    if exported is None:
+        return {"fast_state": 0, "recent_items": 0, "memory_entries": 0}
+    return {"fast_state": 1, "recent_items": len(exported["recent"]),
+            "memory_entries": len(exported["memory"]["items"])}
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN or infinity: those become null."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _feature_client(settings: Settings) -> Any:
+    """The feature store client over ``<data_dir>/feast`` if it was applied, else None."""
+    repo = settings.data_dir / "feast"
+    if not (repo / "feature_store.yaml").is_file():
+        logger.info("no feature repository at %s: DELETE /users/{id} has no online features to remove", repo)
+        return None
+    from features.store import FeatureStoreClient
+
+    return FeatureStoreClient(repo)
