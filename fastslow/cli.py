@@ -38,6 +38,8 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 BENCHES: list[tuple[str, str]] = [
     ("features", "features.bench:bench_features"),
+    ("freshness", "streaming.bench:bench_freshness"),
+    ("ingest", "streaming.bench:bench_ingest"),
     ("serve", "serving.bench:bench_serve"),
 ]
 # Sub-applications (typer.Typer objects) mounted under a name, e.g. `fastslow features apply`.
@@ -55,8 +57,12 @@ def _resolve(target: str):
 def _configure() -> None:
     """Configure logging once, from the settings, for every command."""
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # third-party chatter (every Kafka connection, FAISS's CPU-feature probing) is debug detail
+        for noisy in ("kafka", "faiss.loader"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     _single_threaded_faiss()
 
 

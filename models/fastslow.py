@@ -334,8 +334,8 @@ class FastSlow(Recommender):
             # other users' moments: the user's own recent items are already in cooc/transitions
             hits = self._memory.search(_unit((base + fast_vec)[None, :])[0], 4 * self.memory_k)
             others = np.flatnonzero(hits.users != self._users.get(user_id))[: self.memory_k]
-            weight = np.clip(hits.scores[others], 0.0, None) * np.power(
-                0.5, (self.clock - hits.times[others]) / self.memory_half_life)
+            age = np.maximum(self.clock - hits.times[others], 0.0)
+            weight = np.clip(hits.scores[others], 0.0, None) * np.power(0.5, age / self.memory_half_life)
             mem_rows, inverse = np.unique(hits.items[others], return_inverse=True)
             mem_weight = np.bincount(inverse, weights=weight, minlength=len(mem_rows))
             strength = float(weight.sum())
@@ -466,6 +466,8 @@ class FastSlow(Recommender):
         states = pickle.loads(blob)
         self.forget_users(list(states))
         for user_id, st in states.items():
+            # the adopted users' times are stream time this model has now seen
+            self.clock = max(self.clock, st["updated"], *np.asarray(st["memory"]["times"]).tolist())
             rows = [self._register(i) for i in st["recent"]]
             self._fast.import_users({user_id: UserState(np.asarray(st["vec"], np.float32), st["updated"],
                                                         st["events"], array("q", rows))})

@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from models.slow_net import PAD, SlowRankerNet
+from models.tails import tails
 from models.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -252,20 +254,17 @@ class SlowRanker:
     def user_vectors_rows(self, user_rows: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Many slow user vectors at once: user rows (-1 unknown) and item-row histories, oldest first."""
         n = len(histories)
-        mat = np.full((n, self.history), -1, dtype=np.int64)
-        for b, hist in enumerate(histories):
-            tail = hist[-self.history:][::-1]
-            mat[b, : len(tail)] = tail
-        known = mat >= 0
-        w = self._weights[None, :] * known
-        total = w.sum(axis=1, keepdims=True)
-        w = np.divide(w, total, out=np.zeros_like(w), where=total > 0).astype(np.float32)
-        pooled = np.einsum("bh,bhd->bd", w, self._item_in[np.where(known, mat + 1, PAD)])
-        vec = pooled @ self._pool_w.T + self._pool_b
+        rows, owner, age = tails(histories, self.history)
+        known = rows >= 0
+        rows, owner, w = rows[known], owner[known], self._weights[age[known]]
+        totals = np.bincount(owner, weights=w, minlength=n)
+        w = w / totals[owner]
+        pooling = sp.csr_matrix((w.astype(np.float32), (owner, rows + 1)), shape=(n, len(self._item_in)))
+        vec = np.asarray(pooling @ self._item_in) @ self._pool_w.T + self._pool_b
         users = np.asarray(user_rows, dtype=np.int64)
         ok = (users >= 0) & (users < len(self._user_emb))
         vec[ok] += self._user_emb[users[ok]]
-        return vec
+        return vec.astype(np.float32)
 
     def score(self, user_id: str, recent_items: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """Scores of `item_ids` for the user; items the model never saw get -inf."""

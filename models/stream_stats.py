@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.cooccurrence import Cooccurrence
+from models.tails import tails
 from models.vocab import Vocab
 
 
@@ -89,20 +90,12 @@ class StreamStats:
 
     def link(self, histories: Sequence[np.ndarray], rows: Sequence[int]) -> None:
         """Learn that each item row followed its history (the user's previous rows, oldest first)."""
-        pairs = {"cooc": ([], [], []), "trans": ([], [], [])}
-        for hist, row in zip(histories, rows):
-            for name, length, decay in (("cooc", self.window, self.decay),
-                                        ("trans", self.transition_window, self.transition_decay)):
-                window = hist[-length:]
-                if len(window):
-                    src, dst, wts = pairs[name]
-                    src.append(window)
-                    dst.append(np.full(len(window), row, dtype=np.int64))
-                    wts.append(self.pair_weights(len(window), decay))
-        for name, matrix in (("cooc", self.cooccurrence), ("trans", self.transitions)):
-            src, dst, wts = pairs[name]
-            if src:
-                matrix.add_pairs(np.concatenate(src).astype(np.int64), np.concatenate(dst), np.concatenate(wts))
+        rows = np.asarray(rows, dtype=np.int64)
+        for matrix, width, decay in ((self.cooccurrence, self.window, self.decay),
+                                     (self.transitions, self.transition_window, self.transition_decay)):
+            src, owner, distance = tails(histories, width)
+            if len(src):
+                matrix.add_pairs(src, rows[owner], np.power(decay, distance.astype(np.float64)))
 
     def learn(self, recent: Sequence[int], item_id: str, timestamp: float) -> int:
         """`observe` the item and `link` it to the user's `recent` rows at once; returns its row."""

@@ -206,9 +206,6 @@ def test_fastslow_worker_killed_mid_stream_restarts_into_the_state_of_an_uninter
     assert np.allclose(cooccurrence(got, items), cooccurrence(want, items))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="models/fastslow.py: import_users leaves the model's clock behind the imported "
-                                      "users' times, so memory hit weights 0.5**((clock - t)/half_life) overflow, "
-                                      "scores and the gate turn NaN, and the gate then learns NaN (reported to the lead)")
 def test_a_worker_adopting_users_before_it_learnt_anything_scores_them_with_finite_numbers(world):
     events = world.events.slice(0, 1500)
     owner = replay(FastSlow(ranker=world.champion.clone()), events)
