@@ -10,6 +10,7 @@ command loads it.
 
 from __future__ import annotations
 
+import json
 import pickle
 import signal
 import threading
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pytest
 import torch
 from consolidation_fixtures import fresh_tracking_uri
+from typer.testing import CliRunner
 
 from consolidation.registry import ModelRegistry
 from evaluation.synth import SynthConfig, generate
@@ -266,3 +268,39 @@ def test_fastslow_users_move_with_their_partitions_between_two_workers(broker, t
     want = replay(FastSlow(ranker=world.champion.clone()), events)
     assert_same_per_user_state(per_user_state(b.model), per_user_state(want),  # every user, wherever learnt
                                live_memory_since(want))
+
+
+# -- the benchmarks (small sizes: what is checked is that they measure what they say) --------
+
+def _last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_freshness_times_every_event_until_the_list_it_changes_is_served():
+    from fastslow.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "freshness", "--trials", "30", "--events", "3000", "--users", "20",
+                                      "--dim", "8", "--epochs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = _last_json(result.output)
+    assert out["freshness_ms"]["n"] == 30 and out["timeouts"] == 0 and out["changed_but_not_settled"] == 0
+    assert 0 < out["freshness_ms"]["p50"] <= out["freshness_ms"]["p99"] <= out["max_ms"] < 5000
+    assert out["produce_to_consumed_ms"]["n"] == 30 and out["produce_to_consumed_ms"]["p50"] > 0
+    assert out["recommend_call_ms"]["n"] >= 2 * 30  # one list before each event, at least one after
+
+
+@pytest.mark.slow
+def test_bench_ingest_reads_every_event_through_the_worker_and_a_raw_consumer():
+    from fastslow.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "ingest", "--events", "4000", "--champion-events", "1000",
+                                      "--dim", "8", "--epochs", "1", "--compare", "noop", "--json"])
+    assert result.exit_code == 0, result.output
+    out = _last_json(result.output)
+    for name in ("fast-slow", "noop"):
+        run = out["models"][name]
+        assert run["worker"]["events_applied"] == 4000 and run["worker"]["dlq"] == 0
+        assert run["ratio"] == round(run["worker"]["events_per_s"] / run["raw"]["events_per_s"], 3)
+    assert out["worker_events_per_s"] == out["models"]["fast-slow"]["worker"]["events_per_s"] > 0
+    assert out["ratio"] == out["models"]["fast-slow"]["ratio"]
