@@ -46,6 +46,8 @@ def bench_serve(
     requests: Annotated[int, typer.Option(min=10, help="Timed requests per (items, concurrency).")] = 2000,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed requests before each timed run.")] = 200,
     k: Annotated[int, typer.Option(min=1, max=100, help="Items per recommendation.")] = 10,
+    events: Annotated[int, typer.Option(min=1000, help="Events of the synthetic stream the catalogue's slow "
+                                                       "model and users come from.")] = 20_000,
     json_only: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
 ) -> None:
     """Time GET /recommend over HTTP at several catalogue sizes and concurrencies."""
@@ -53,7 +55,7 @@ def bench_serve(
     sizes, levels = list(items or DEFAULT_ITEMS), list(concurrency or DEFAULT_CONCURRENCY)
     results, catalogues = [], []
     for n_items in sizes:
-        with CatalogueServer(n_items) as server:
+        with CatalogueServer(n_items, events) as server:
             catalogues.append(server.info)
             for c in levels:
                 cpu_before = server.cpu_seconds()
@@ -124,8 +126,8 @@ def measure(url: str, users: list[str], concurrency: int, requests: int, warmup:
 class CatalogueServer:
     """A spawned process serving the API over a synthetic catalogue of ``n_items`` (a context manager)."""
 
-    def __init__(self, n_items: int) -> None:
-        self.n_items = n_items
+    def __init__(self, n_items: int, events: int = 20_000) -> None:
+        self.n_items, self.events = n_items, events
         self.info: dict[str, Any] = {}
         self.url = ""
         self._process = self._stop = None
@@ -135,7 +137,7 @@ class CatalogueServer:
 
         context = multiprocessing.get_context("spawn")
         ready, self._stop = context.Queue(), context.Event()
-        self._process = context.Process(target=_serve_catalogue, args=(self.n_items, ready, self._stop),
+        self._process = context.Process(target=_serve_catalogue, args=(self.n_items, self.events, ready, self._stop),
                                         name=f"bench-serve-{self.n_items}", daemon=True)
         self._process.start()
         try:
@@ -177,7 +179,7 @@ class CatalogueServer:
         self._process = None
 
 
-def _serve_catalogue(n_items: int, ready, stop) -> None:
+def _serve_catalogue(n_items: int, events: int, ready, stop) -> None:
     """In the spawned process: build the model, serve it, report the URL, wait for ``stop``."""
     import tempfile
 
@@ -193,7 +195,7 @@ def _serve_catalogue(n_items: int, ready, stop) -> None:
     set_faiss_threads(1)
     torch.set_num_threads(1)
     try:
-        model, info = catalogue_model(n_items)
+        model, info = catalogue_model(n_items, events=events)
         with tempfile.TemporaryDirectory(prefix="fastslow-bench-serve-") as data_dir, \
                 Runtime(model, data_dir=data_dir) as runtime, BackgroundServer(create_app(runtime)) as server:
             ready.put({"url": server.url, "info": info})

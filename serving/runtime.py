@@ -221,11 +221,15 @@ class Runtime:
                         group_id=self.group_id or DEFAULT_GROUP, data_dir=self.data_dir, worker_id=self.worker_id,
                         on_batch=self._after_batch, **self.worker_options)
         worker.start()  # may restore a snapshot: worker.model is what serves from now on
+        try:
+            if worker.model is not self._model:
+                self._reconcile_restored(worker)
+            with worker.lock:
+                worker.model.forget_users(sorted(self._deleted))
+        except BaseException:
+            worker.close(snapshot=False)
+            raise
         self.worker = worker
-        if worker.model is not self._model:
-            self._reconcile_restored(worker.model)
-        with self.lock:
-            self.model.forget_users(sorted(self._deleted))
         self._spawn("worker", self._run_worker)
 
     def _run_worker(self) -> None:
@@ -240,15 +244,19 @@ class Runtime:
         finally:
             worker.close(snapshot=clean)
 
-    def _reconcile_restored(self, restored: Any) -> None:
-        """The worker restored a snapshot: serve the champion we loaded if it differs from its ranker."""
-        old, new = restored.slow_model, self._model.slow_model
+    def _reconcile_restored(self, worker: Worker) -> None:
+        """The worker restored a snapshot: serve our slow model if the snapshot's differs from it.
+
+        A different one means a promotion happened since the snapshot, so the fast state is
+        rebased as the watcher would have done (``keep_fast=0.0``).
+        """
+        old, new = worker.model.slow_model, self._model.slow_model
         if old.items.ids() == new.items.ids() and np.array_equal(old.item_vectors, new.item_vectors):
             return
         logger.info("worker snapshot holds another slow model than champion v%s: swapping it in",
                     self.champion_version)
-        with self.lock:
-            restored.use_ranker(new, keep_fast=0.0)
+        with worker.lock:
+            worker.model.use_ranker(new, keep_fast=0.0)
 
     def _after_batch(self, report) -> None:
         """Worker thread, after each batch: freshness, and deleted users applied again forgotten."""

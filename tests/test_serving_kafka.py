@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 from consolidation_fixtures import one_torch_thread  # noqa: F401 (autouse)
 from serving_fixtures import CLUSTER_2, clustered_model, clustered_ranker, event, recommended, serving, wait_for
@@ -95,6 +96,22 @@ def test_events_of_a_deleted_user_applied_after_the_deletion_are_forgotten_again
                  "the worker to consume bob's events")
         assert _history(worker, "bob") == [] and "bob" not in worker.model.users()
         assert recommended(client, "bob", k=8) == recommended(client, "nobody-yet", k=8)
+
+
+@pytest.mark.slow
+def test_a_restarted_server_resumes_its_worker_snapshot_on_the_champion_it_loaded(ranker, broker, tmp_path):
+    first = _runtime(ranker, broker, tmp_path)
+    with serving(first) as client:
+        assert client.post("/events", json=[event("dora", "i2-0", 1), event("dora", "i2-1", 2)]).status_code == 202
+        wait_for(lambda: len(_history(first, "dora")) == 2, 30, "dora's events to be applied")
+    promoted = clustered_ranker(seed=7)  # a champion promoted while the server was down
+    second = Runtime(clustered_model(promoted), bootstrap=broker, topic=first.topic, dlq_topic=first.dlq_topic,
+                     group_id=first.group_id, data_dir=tmp_path, worker_options={"durable": False})
+    with serving(second):
+        assert second.model is second.worker.model and second.model is not second._model  # the snapshot's
+        assert _history(second, "dora") == ["i2-0", "i2-1"]
+        assert np.array_equal(second.model.slow_model.item_vectors, promoted.item_vectors)
+        assert not np.any(second.model._fast.vector("dora", 2.0e9))  # rebased: keep_fast=0
 
 
 def test_readiness_turns_503_when_the_broker_goes_away(ranker, tmp_path):
