@@ -29,7 +29,7 @@ from collections.abc import Collection
 import numpy as np
 import pyarrow as pa
 
-from consolidation.distill import DEFAULT_WEIGHT, distiller
+from consolidation.distill import DEFAULT_ID_SHARE, DEFAULT_WEIGHT, distiller
 from consolidation.gate import Decision
 from consolidation.job import bootstrap_champion, consolidate, run_consolidation, train_first
 from consolidation.ranker_fisher import ranker_fisher
@@ -86,7 +86,11 @@ class Schedule:
         """Record one learned event; True when a consolidation is due (the archive is then up to date)."""
         for column, x in zip(self.pending, (user_id, item_id, timestamp, event_type, value)):
             column.append(x)
-        if len(self.pending[0]) < self.every:
+        return len(self.pending[0]) >= self.every and self.flush()
+
+    def flush(self) -> bool:
+        """Move the pending events into the archive; False if there were none."""
+        if not self.pending[0]:
             return False
         self.archive.append(_events_table(self.seen, *self.pending))
         self.seen += len(self.pending[0])
@@ -115,7 +119,23 @@ def consolidate_once(ranker: SlowRanker, sample: ReplaySample, config: Consolida
     return outcome.decision, None, fisher
 
 
-class EwcPolicy(SlowPolicy):
+class Consolidating:
+    """What both policies share: a `Schedule` and a `_consolidate` step."""
+
+    _schedule: Schedule
+
+    def _consolidate(self) -> None:
+        raise NotImplementedError
+
+    def consolidate(self) -> bool:
+        """Consolidate now on everything learned (e.g. at the end of a period); False if nothing new."""
+        if not self._schedule.flush():
+            return False
+        self._consolidate()
+        return True
+
+
+class EwcPolicy(Consolidating, SlowPolicy):
     """Slow ranker + periodic EWC consolidation, gated, as a prequential policy.
 
     Parameters
@@ -190,7 +210,7 @@ class EwcPolicy(SlowPolicy):
                          "promoted": decision.promote, "reason": decision.reason})
 
 
-class FastSlowPolicy(Recommender):
+class FastSlowPolicy(Consolidating, Recommender):
     """A `FastSlow` consolidated on a schedule: replay + EWC + distillation, gated, hot-swapped.
 
     Parameters
@@ -199,9 +219,9 @@ class FastSlowPolicy(Recommender):
         The FastSlow to serve from (a fresh one trains its slow model at warm-up).
     every, sample_size, recent_fraction, config, registry
         As for `EwcPolicy`.
-    distill_k, distill_weight
-        Fast-path preferences distilled per user, and their total weight per user
-        (`consolidation.distill`).
+    distill_k, distill_weight, distill_id_share
+        Fast-path preferences distilled per user, their total weight per user, and the share
+        of it on id-only copies (`consolidation.distill`).
     distill_users
         Users distilled per consolidation at most: the most active since the last promotion
         (each costs one fast-path scoring).
@@ -227,7 +247,7 @@ class FastSlowPolicy(Recommender):
     def __init__(self, model: FastSlow, every: int = 20_000, sample_size: int = 5_000, recent_fraction: float = 0.5,
                  config: ConsolidationConfig = ConsolidationConfig(epochs=1, fisher_samples=2_000),
                  distill_k: int = 10, distill_weight: float = DEFAULT_WEIGHT, distill_users: int = 1_000,
-                 keep_fast: float = KEEP_FAST, registry: ModelRegistry | None = None) -> None:
+                 distill_id_share: float = DEFAULT_ID_SHARE, keep_fast: float = KEEP_FAST, registry: ModelRegistry | None = None) -> None:
         self.model = model
         self.every = every
         self.sample_size = sample_size
@@ -236,6 +256,7 @@ class FastSlowPolicy(Recommender):
         self.distill_k = distill_k
         self.distill_weight = distill_weight
         self.distill_users = distill_users
+        self.distill_id_share = distill_id_share
         self.keep_fast = keep_fast
         self.registry = registry
         self._schedule = Schedule(every)
@@ -254,11 +275,15 @@ class FastSlowPolicy(Recommender):
                 bootstrap_champion(self.registry, warm, SlowRanker(seed=self.config.seed), self.config,
                                    show_progress=False)
             self.model.use_ranker(self.registry.load_champion(ranker.device)[1])
-        self.model.learn_warmup(users, items, timestamps, event_types, values)   # trains the slow model if new
-        if self.registry is None:   # the Fisher of the warmed-up model (on a clone: examples register ids)
-            clone = self.model.slow_model.clone()
+        elif self.model.ranker is None and not len(ranker.items):
+            # a first champion as the job trains one: the gate's probes stay out of its training
+            self._fisher = train_first(ranker, warm, self.config).fisher
+            self.model.use_ranker(ranker)
+        else:   # a given champion: its Fisher on the warm-up (on a clone: examples register ids)
+            clone = ranker.clone()
             self._fisher = ranker_fisher(clone, sample_examples(clone, warm), self.config.fisher_samples,
                                          self.config.seed)
+        self.model.learn_warmup(users, items, timestamps, event_types, values)
 
     def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
         self.model.learn_one(user_id, item_id, timestamp, event_type, value)
@@ -274,7 +299,8 @@ class FastSlowPolicy(Recommender):
         sample = self._schedule.sample(self.sample_size, self.recent_fraction, ranker.history,
                                        self.config.seed + len(self.log))
         users = [u for u, _ in self._active.most_common(self.distill_users)]
-        distill = distiller(self.model, 0.0, self.distill_k, self.distill_weight, users=users)
+        distill = distiller(self.model, 0.0, self.distill_k, self.distill_weight, users=users,
+                            id_share=self.distill_id_share)
         decision, promoted, self._fisher = consolidate_once(ranker, sample, self.config, self._fisher,
                                                             self.registry, distill)
         if promoted is not None:

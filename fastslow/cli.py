@@ -41,6 +41,7 @@ BENCHES: list[tuple[str, str]] = [
     ("freshness", "streaming.bench:bench_freshness"),
     ("ingest", "streaming.bench:bench_ingest"),
     ("serve", "serving.bench:bench_serve"),
+    ("forgetting", "consolidation.bench:bench_forgetting"),
 ]
 # Sub-applications (typer.Typer objects) mounted under a name, e.g. `fastslow features apply`.
 GROUPS: list[tuple[str, str]] = [
