@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Default total distillation weight per user (in units of one observed event).
 DEFAULT_WEIGHT = 2.0
+#: Default share of the distilled weight given to id-only copies (empty history).
+DEFAULT_ID_SHARE = 0.0
 
 
 def _empty(ranker: SlowRanker) -> Examples:
@@ -62,7 +64,7 @@ def preference_weights(scores: np.ndarray, weight: float) -> np.ndarray:
 
 def distill_examples(model: FastSlow, ranker: SlowRanker, since: float, k: int = 10,
                      weight: float = DEFAULT_WEIGHT, users: Collection[str] | None = None,
-                     lock: threading.Lock | None = None) -> Examples:
+                     lock: threading.Lock | None = None, id_share: float = DEFAULT_ID_SHARE) -> Examples:
     """Examples for ``ranker`` (the challenger clone) from the fast path's per-user preferences.
 
     Parameters
@@ -82,6 +84,8 @@ def distill_examples(model: FastSlow, ranker: SlowRanker, since: float, k: int =
         Distil only these users (e.g. the most active since the last consolidation).
     lock
         Held while reading ``model`` (the worker's or serving's lock; FastSlow is not thread-safe).
+    id_share
+        Share of each example's weight moved to a copy with an empty history (module docstring).
 
     Examples
     --------
@@ -102,8 +106,9 @@ def distill_examples(model: FastSlow, ranker: SlowRanker, since: float, k: int =
     >>> "new" in clone.items, "new" in ranker.items
     (True, False)
     """
-    if weight < 0 or k < 1:
-        raise ConfigError("distillation k/weight", (k, weight), "k >= 1 and a weight >= 0")
+    if weight < 0 or k < 1 or not 0.0 <= id_share <= 1.0:
+        raise ConfigError("distillation k/weight/id_share", (k, weight, id_share),
+                          "k >= 1, a weight >= 0 and an id share between 0 and 1")
     with lock if lock is not None else nullcontext():
         preferences = model.fast_preferences(since, k, users)
         histories = {user: model.history(user) for user in preferences}
@@ -124,13 +129,19 @@ def distill_examples(model: FastSlow, ranker: SlowRanker, since: float, k: int =
     starts = np.flatnonzero(np.r_[True, np.asarray(user_col[1:]) != np.asarray(user_col[:-1])])
     lengths = np.diff(np.r_[starts, len(user_col)])
     examples.history[:] = np.repeat(examples.history[starts], lengths, axis=0)
+    if id_share > 0:
+        id_only = Examples(examples.users, np.zeros_like(examples.history), examples.targets,
+                           examples.weights * np.float32(id_share))
+        examples = Examples(examples.users, examples.history, examples.targets,
+                            examples.weights * np.float32(1.0 - id_share)).concat(id_only)
     logger.info("distilled %d examples for %d users (k=%d, weight %.3g per user)", len(examples),
                 len(distilled), k, weight)
     return examples
 
 
 def distiller(model: FastSlow, since: float, k: int = 10, weight: float = DEFAULT_WEIGHT,
-              users: Collection[str] | None = None, lock: threading.Lock | None = None) -> Distill:
+              users: Collection[str] | None = None, lock: threading.Lock | None = None,
+              id_share: float = DEFAULT_ID_SHARE) -> Distill:
     """The ``distill=`` callback of `consolidation.job.consolidate` / `run_consolidation` for ``model``.
 
     >>> ranker = SlowRanker(dim=8, epochs=1)
@@ -139,4 +150,4 @@ def distiller(model: FastSlow, since: float, k: int = 10, weight: float = DEFAUL
     >>> len(callback(ranker.clone()))   # no fast state yet: nothing to distil
     0
     """
-    return lambda ranker: distill_examples(model, ranker, since, k, weight, users, lock)
+    return lambda ranker: distill_examples(model, ranker, since, k, weight, users, lock, id_share)
