@@ -45,49 +45,82 @@ def bench_freshness(
     dim: Annotated[int, typer.Option(min=2, help="Embedding size of the champion.")] = 32,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the champion.")] = 2,
     poll_ms: Annotated[float, typer.Option(min=0.0, help="Pause between recommendation calls.")] = 1.0,
+    background_rate: Annotated[float, typer.Option(
+        min=0.0, help="Other users' events per second produced meanwhile (0: none).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic log and the champion.")] = 0,
     json_only: JsonOption = False,
 ) -> None:
     """Time from producing an event until that user's recommendations change (p50/p99, ms)."""
+    from streaming.bench_setup import load_average
+
+    _quiet(json_only)
+    world = _FreshnessWorld(events, users, dim, epochs, seed)
+    load_before = load_average()
+    _say(json_only, f"learnt {events} events; timing {trials} events over {len(world.users)} users")
+    result, background_sent, applied = _time_freshness(world, trials, poll_ms / 1000, background_rate)
+    numbers = result.as_dict()
+    p99 = numbers["freshness_ms"]["p99"]
+    typer.echo(json.dumps(numbers | {
+        "target_p99_ms": FRESHNESS_TARGET_P99_MS, "meets_target": p99 is not None and p99 <= FRESHNESS_TARGET_P99_MS,
+        "model": "fast-slow", "champion": world.champion_summary(), "warm_events": events,
+        "background_rate": background_rate, "background_events_sent": background_sent,
+        "worker_events_applied": applied, "load_avg_before": load_before, "load_avg_after": load_average()}))
+    if result.timeouts:
+        raise typer.Exit(1)  # an event that never showed is a failure, not a slow number
+
+
+class _FreshnessWorld:
+    """A synthetic log, a champion trained on its first half, and FastSlow over it having learnt it all."""
+
+    def __init__(self, events: int, users: int, dim: int, epochs: int, seed: int) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from models.fastslow import FastSlow
+        from streaming.bench_setup import learn_table, synthetic_events, train_champion
+
+        log = synthetic_events(events, "small", seed)
+        self.champion = train_champion(log.slice(0, events // 2), dim, epochs, seed)
+        self.model = FastSlow(ranker=self.champion)
+        learn_table(self.model, log)
+        active = log.group_by("user_id").aggregate([("item_id", "count")]).sort_by([("item_id_count", "descending")])
+        self.users = active.column("user_id").to_pylist()[:users]  # the most active: long histories
+        self.start_seconds = log.column("timestamp").cast(pa.int64())[-1].as_py() / 1000 + 60
+        self.others = log.filter(pc.invert(pc.is_in(log.column("user_id"), pa.array(self.users))))
+
+    def champion_summary(self) -> dict:
+        return {"items": len(self.champion.items), "users": len(self.champion.users), "dim": self.champion.dim}
+
+
+def _time_freshness(world: _FreshnessWorld, trials: int, poll_s: float, background_rate: float):
+    """Broker, worker thread and producers up; the trials; everything down. (result, bg sent, applied)."""
+    from contextlib import nullcontext
+
     from infra.broker import EmbeddedBroker
-    from models.fastslow import FastSlow
-    from streaming.bench_freshness import BatchClock, measure_freshness
-    from streaming.bench_setup import WorkerThread, learn_table, load_average, synthetic_events, train_champion
+    from streaming.bench_freshness import Background, BatchClock, measure_freshness
+    from streaming.bench_setup import WorkerThread
     from streaming.kafka import TopicSpec, ensure_topics, make_producer
     from streaming.worker import Worker
 
-    _quiet(json_only)
-    log = synthetic_events(events, "small", seed)
-    champion = train_champion(log.slice(0, events // 2), dim, epochs, seed)
-    model = FastSlow(ranker=champion)
-    learn_table(model, log)
-    active = log.group_by("user_id").aggregate([("item_id", "count")]).sort_by([("item_id_count", "descending")])
-    chosen = active.column("user_id").to_pylist()[:users]
-    start_seconds = log.column("timestamp").cast("int64")[-1].as_py() / 1000 + 60
-    load_before = load_average()
-    _say(json_only, f"learnt {events} events; timing {trials} events over {len(chosen)} users")
+    topic = "interactions"
     with tempfile.TemporaryDirectory(prefix="fastslow-freshness-") as tmp, \
             EmbeddedBroker(port=0, data_dir=tmp, topics=[]) as broker:
-        ensure_topics(broker.bootstrap, [TopicSpec("interactions", 4), TopicSpec("interactions.dlq", 1)])
+        ensure_topics(broker.bootstrap, [TopicSpec(topic, 4), TopicSpec(topic + ".dlq", 1)])
         clock = BatchClock()
-        running = WorkerThread(Worker(model, broker.bootstrap, data_dir=tmp, on_batch=clock)).start()
+        running = WorkerThread(Worker(world.model, broker.bootstrap, topic=topic, data_dir=tmp,
+                                      on_batch=clock)).start()
         producer = make_producer(broker.bootstrap, linger_ms=0)
+        background = (Background(broker.bootstrap, topic, world.others, background_rate, world.start_seconds)
+                      if background_rate > 0 else nullcontext())
         try:
             running.wait_assigned()
-            result = measure_freshness(running.worker, clock, producer, "interactions", chosen, trials,
-                                       start_seconds, poll_s=poll_ms / 1000)
+            with background:
+                result = measure_freshness(running.worker, clock, producer, topic, world.users, trials,
+                                           world.start_seconds, poll_s=poll_s)
         finally:
             producer.close()
             running.stop()
-    out = result.as_dict() | {
-        "target_p99_ms": FRESHNESS_TARGET_P99_MS,
-        "meets_target": result.as_dict()["freshness_ms"]["p99"] is not None
-        and result.as_dict()["freshness_ms"]["p99"] <= FRESHNESS_TARGET_P99_MS,
-        "model": "fast-slow", "champion": {"items": len(champion.items), "users": len(champion.users), "dim": dim},
-        "warm_events": events, "load_avg_before": load_before, "load_avg_after": load_average()}
-    typer.echo(json.dumps(out))
-    if result.timeouts:
-        raise typer.Exit(1)  # an event that never showed is a failure, not a slow number
+    return result, getattr(background, "sent", 0), running.worker.stats.events_applied
 
 
 def bench_ingest(
