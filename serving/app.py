@@ -202,7 +202,7 @@ def _parse_events(body: bytes, runtime: Runtime) -> list:
         except InvalidEventError as exc:
             problems.extend(problem(p.field, p.value, p.reason, index) for p in exc.problems)
             continue
-        if runtime.is_deleted(event.user_id):
+        if event.user_id in runtime.deleted:
             problems.append(problem("user_id", event.user_id, "expected a user that was not deleted "
                                     "(DELETE /users/{id} was called for this one)", index))
         elif len(event.to_json_bytes()) > MAX_EVENT_BYTES:

@@ -14,15 +14,16 @@
   it in with ``model.use_ranker(new, keep_fast=0.0)`` under the lock, between two requests.
 - **Deleted users** (`forget_user`): their fast state and memory entries, their online
   features, and a tombstone in ``<data_dir>/deleted_users.txt`` that consolidation reads
-  (`consolidation.sampling.read_deleted_users`). Tombstoned ids stay deleted: events for them
-  are refused at intake, and any the worker still applies (produced before the deletion,
-  or re-read after a restart) are forgotten again right after their batch.
+  (`serving.deletion.DeletedUsers`). Tombstoned ids stay deleted: events for them are
+  refused at intake, and any the worker still applies (produced before the deletion, or
+  re-read after a restart) are forgotten again right after their batch.
 
 `start` / `stop` (or ``with``) own every thread and client; `stop` joins them all, also
 when `start` failed half-way.
 
 Examples
 --------
+>>> import tempfile
 >>> from models.fastslow import FastSlow
 >>> with Runtime(FastSlow(), data_dir=tempfile.mkdtemp()) as runtime:   # no broker: scoring only
 ...     runtime.model.learn_one("u1", "apple", 1714564800.0)
@@ -38,9 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-import socket
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -49,8 +47,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from consolidation.sampling import read_deleted_users, record_deleted_user
 from fastslow.errors import FastslowError
+from serving.deletion import FILE_NAME as DELETED_USERS_FILE
+from serving.deletion import DeletedUsers, model_footprint
+from serving.health import BrokerProbe
 from serving.metrics import ServingMetrics
 from streaming.kafka import TOPIC_DLQ, TOPIC_INTERACTIONS, make_producer
 from streaming.partitioning import user_key
@@ -65,9 +65,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_ID = "serve-0"
 """Worker id of the in-process worker (distinct from `fastslow worker`'s ``worker-0``)."""
-DELETED_USERS_FILE = "deleted_users.txt"
 ACK_TIMEOUT_S = 10.0
-BROKER_CHECK_S = 1.0
 
 
 class ServingError(FastslowError):
@@ -131,8 +129,8 @@ class Runtime:
         self._producer = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self._deleted = read_deleted_users(self.deleted_users_path)
-        self._broker_checked: tuple[float, str | None] = (-math.inf, None)
+        self.deleted = DeletedUsers(self.data_dir / DELETED_USERS_FILE)
+        self._broker = BrokerProbe(bootstrap) if bootstrap is not None else None
 
     # -- building from settings ------------------------------------------------------------
 
@@ -170,10 +168,6 @@ class Runtime:
     def lock(self) -> threading.RLock:
         """Held around every read or change of the model (the worker's lock when it runs)."""
         return self.worker.lock if self.worker is not None else self._own_lock
-
-    @property
-    def deleted_users_path(self) -> Path:
-        return self.data_dir / DELETED_USERS_FILE
 
     def start(self) -> Runtime:
         """Connect the producer, start the worker and the champion watcher."""
@@ -225,7 +219,7 @@ class Runtime:
             if worker.model is not self._model:
                 self._reconcile_restored(worker)
             with worker.lock:
-                worker.model.forget_users(sorted(self._deleted))
+                worker.model.forget_users(list(self.deleted))
         except BaseException:
             worker.close(snapshot=False)
             raise
@@ -263,7 +257,7 @@ class Runtime:
         latency_ms = self.worker.stats.last_apply_latency_ms
         if latency_ms is not None:
             self.metrics.freshness.observe(max(latency_ms, 0.0) / 1000)
-        again = report.users & self._deleted
+        again = self.deleted.among(report.users)
         if again:
             with self.lock:
                 self.model.forget_users(sorted(again))
@@ -316,9 +310,6 @@ class Runtime:
                 "gate": _finite(recs[0].gate) if recs else None, "cold_start": cold, "model_version": version,
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
-    def is_deleted(self, user_id: str) -> bool:
-        return user_id in self._deleted
-
     def produce(self, events: Sequence[Interaction]) -> list[str]:
         """Send validated events to Kafka keyed by user; their ids once all are acknowledged."""
         if self._producer is None:
@@ -339,12 +330,10 @@ class Runtime:
 
     def forget_user(self, user_id: str) -> dict[str, Any]:
         """Forget ``user_id`` everywhere this process reaches; what was removed, per store."""
-        if user_id not in self._deleted:  # first, so a crash below still keeps them out of consolidation
-            record_deleted_user(self.deleted_users_path, user_id)
-            self._deleted.add(user_id)
+        self.deleted.add(user_id)  # first: should a step below fail, consolidation still leaves them out
         with self.lock:
             model = self.model
-            held = _footprint(model, user_id)
+            held = model_footprint(model, user_id)
             model.forget_users([user_id])
         online = None
         if self.features is not None:
@@ -354,7 +343,7 @@ class Runtime:
         logger.info("deleted user %s: %s, %s online feature rows", user_id, held, online)
         return {"user_id": user_id,
                 "removed": {**held, "online_feature_rows": online},
-                "consolidation": f"excluded from future samples ({self.deleted_users_path})",
+                "consolidation": f"excluded from future samples ({self.deleted.path})",
                 "slow_model_knows_user": model.slow_model.users.get(user_id) >= 0}
 
     # -- health ----------------------------------------------------------------------------
@@ -367,30 +356,12 @@ class Runtime:
         if self.bootstrap is None:
             reasons.append("no Kafka broker configured (events cannot be accepted)")
         else:
-            problem = self._broker_problem()
+            problem = self._broker.problem()
             if problem:
                 reasons.append(problem)
         if self.consume and self.worker_error is not None:
             reasons.append(f"in-process worker stopped: {self.worker_error!r}")
         return reasons
-
-    def _broker_problem(self) -> str | None:
-        """A TCP connect to the bootstrap servers (at most once per `BROKER_CHECK_S`)."""
-        checked_at, problem = self._broker_checked
-        now = time.monotonic()
-        if now - checked_at < BROKER_CHECK_S:
-            return problem
-        problem = f"Kafka broker unreachable at {self.bootstrap}"
-        for server in self.bootstrap.split(","):
-            host, _, port = server.strip().rpartition(":")
-            try:
-                socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5).close()
-            except (OSError, ValueError):
-                continue
-            problem = None
-            break
-        self._broker_checked = (now, problem)
-        return problem
 
 
 _thread_state = threading.local()
@@ -409,19 +380,6 @@ def one_faiss_thread() -> None:
 
         set_faiss_threads(1)
         _thread_state.faiss_threads_set = True
-
-
-def _footprint(model: Any, user_id: str) -> dict[str, int]:
-    """What the model holds for the user: fast state (0/1), recent items and memory entries.
-
-    Read through ``export_users`` (memory entries of a user whose fast state already expired
-    are not counted there, though ``forget_users`` removes them too).
-    """
-    exported = pickle.loads(model.export_users([user_id])).get(user_id)
-    if exported is None:
-        return {"fast_state": 0, "recent_items": 0, "memory_entries": 0}
-    return {"fast_state": 1, "recent_items": len(exported["recent"]),
-            "memory_entries": len(exported["memory"]["items"])}
 
 
 def _finite(x: float) -> float | None:
