@@ -143,7 +143,7 @@ def worker_command(
     _quiet_kafka(settings.log_level)
     bootstrap = resolve_bootstrap(bootstrap_servers, settings.kafka_bootstrap)
     try:
-        recommender = worker_model(model, settings, data_dir or settings.data_dir)
+        recommender, watcher = worker_model(model, settings, data_dir or settings.data_dir)
     except FastslowError as exc:  # no champion yet, or an unknown --model
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -158,8 +158,14 @@ def worker_command(
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with worker:
-                while not worker.run(timeout=stats_interval):
-                    logger.info("worker %s", json.dumps(worker.stats.as_dict()))
+                if watcher is not None:  # after start: it may have restored a snapshot
+                    watcher = watcher(worker).start()
+                try:
+                    while not worker.run(timeout=stats_interval):
+                        logger.info("worker %s", json.dumps(worker.stats.as_dict()))
+                finally:
+                    if watcher is not None:
+                        watcher.stop()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -170,18 +176,21 @@ def worker_command(
 
 
 def worker_model(spec: str, settings, data_dir: Path):
-    """The worker's model: FastSlow over the champion for ``champion``, else `make_model`.
+    """The worker's model, and for ``champion`` a factory of its `ChampionWatcher` (else None).
 
-    The champion comes from the ``mlflow_tracking_uri`` setting, or by default from the
-    registry in ``data_dir`` (where `fastslow consolidate` puts it).
+    ``champion``: FastSlow over the registry's champion, from the ``mlflow_tracking_uri``
+    setting or by default the registry in ``data_dir`` (where `fastslow consolidate` puts it);
+    the watcher (``watcher(worker)``) keeps it on the champion. Anything else: `make_model`.
     """
     if spec != DEFAULT_MODEL:
-        return make_model(spec)
-    from consolidation.registry import default_tracking_uri
-    from streaming.champion import champion_fastslow
+        return make_model(spec), None
+    from consolidation.registry import ModelRegistry, default_tracking_uri
+    from streaming.champion import ChampionWatcher, champion_fastslow
 
     tracking_uri = settings.mlflow_tracking_uri or default_tracking_uri(data_dir)
-    return champion_fastslow(tracking_uri, settings.model_name)[1]
+    version, model = champion_fastslow(tracking_uri, settings.model_name)
+    registry, ranker = ModelRegistry(tracking_uri, settings.model_name), model.slow_model
+    return model, lambda worker: ChampionWatcher(registry, version, ranker, worker, settings.champion_poll_s)
 
 
 def make_model(spec: str):

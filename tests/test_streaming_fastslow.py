@@ -28,6 +28,7 @@ from evaluation.synth import SynthConfig, generate
 from evaluation.synth_truth import SynthTruth
 from models.fastslow import FastSlow
 from models.slow import SlowRanker
+from streaming.champion import ChampionWatcher, champion_fastslow, same_slow_model
 from streaming.kafka import make_producer
 from streaming.partitioning import partition_of
 from streaming.producer import produce_events
@@ -216,6 +217,46 @@ def test_a_worker_adopting_users_before_it_learnt_anything_scores_them_with_fini
     user = events.column("user_id")[0].as_py()
     explained = adopter.explain(user, 10, exclude=adopter.history(user))
     assert explained and all(np.isfinite([r.score, r.fast, r.slow, r.gate]).all() for r in explained)
+
+
+def _promote(registry: ModelRegistry, ranker: SlowRanker) -> int:
+    with registry.start_run("promotion") as run:
+        version = registry.register(registry.log_ranker(ranker), run.info.run_id)
+    registry.promote(version)
+    return version
+
+
+@pytest.mark.slow
+def test_a_champion_worker_serves_the_champion_after_a_restart_and_after_each_promotion(broker, tmp_path, world):
+    registry = _register_champion(world.champion, fresh_tracking_uri(tmp_path))
+    topic, dlq = make_topics(broker)
+    group, events = unique("group"), world.events
+    _send(broker, topic, events.slice(0, 500))
+    _, model = champion_fastslow(registry.tracking_uri, registry.model_name)
+    with _worker(broker, topic, dlq, model, tmp_path, group) as worker:  # snapshots v1's model on close
+        assert worker.run(until=lambda: worker.stats.events_applied == 500, timeout=60)
+    retrained = SlowRanker(dim=16, epochs=1, batch_size=256, seed=1)
+    retrained.fit(retrained.build_examples(events.column("user_id").to_pylist()[:1500],
+                                           events.column("item_id").to_pylist()[:1500]))
+    v2 = _promote(registry, retrained)
+    version, model = champion_fastslow(registry.tracking_uri, registry.model_name)
+    assert version == v2
+    with _worker(broker, topic, dlq, model, tmp_path, group) as worker:
+        assert same_slow_model(worker.model.slow_model, world.champion)  # the snapshot's v1, restored
+        watcher = ChampionWatcher(registry, version, model.slow_model, worker, interval_s=0.1).start()
+        try:
+            assert same_slow_model(worker.model.slow_model, retrained) and watcher.swaps == 1
+            assert len(worker.model.users()) > 0  # the users' fast state stayed (rebased)
+            _promote(registry, world.champion)
+            wait_for(lambda: watcher.swaps == 2, 30, "the watcher to swap in the new champion")
+            assert same_slow_model(worker.model.slow_model, world.champion) and watcher.version == v2 + 1
+            _send(broker, topic, events.slice(500, 100))
+            assert worker.run(until=lambda: worker.stats.events_applied == 100, timeout=30)
+            user = events.column("user_id")[550].as_py()
+            with worker.lock:
+                assert len(worker.model.recommend(user, 10, exclude=worker.model.history(user))) == 10
+        finally:
+            watcher.stop()
 
 
 def _run_in_thread(worker: Worker) -> threading.Thread:
