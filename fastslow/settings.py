@@ -71,4 +71,4 @@ class Settings(BaseSettings):
     """Port `fastslow serve` listens on (FASTSLOW_SERVE_PORT)."""
 
     champion_poll_s: float = 5.0
-    """Seconds between the server's polls of the registry for a new champion (FASTSLOW_CHAMPION_POLL_S)."""
+    """Seconds between the server's and the worker's polls of the registry for a new champion (FASTSLOW_CHAMPION_POLL_S)."""
