@@ -73,3 +73,23 @@ def test_serving_without_a_champion_says_how_to_make_one(settings):
 def _columns(table):
     return table.column("user_id").to_pylist(), table.column("item_id").to_pylist()
 
+
+
+def test_a_failing_registry_is_counted_and_reported_while_serving_goes_on(ranker_model, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    broken = ModelRegistry(f"sqlite:///{tmp_path}/a-file/mlflow.db", "serving-test")  # cannot be opened
+    runtime = Runtime(ranker_model, data_dir=tmp_path, registry=broken, champion_version=3, poll_interval_s=0.05)
+    with serving(runtime) as client:
+        wait_for(lambda: "fastslow_champion_reload_failures_total 2.0" in client.get("/metrics").text, 30,
+                 "two failed champion polls")
+        ready = client.get("/readyz").json()
+        assert ready["warnings"][0].startswith("champion watcher: last poll failed")
+        body = client.get("/recommend", params={"user_id": "u1"}).json()
+        assert body["model_version"] == 3 and body["items"]
+
+
+@pytest.fixture
+def ranker_model():
+    from serving_fixtures import clustered_model
+
+    return clustered_model(clustered_ranker())
