@@ -145,28 +145,31 @@ def measure_freshness(worker, clock: BatchClock, producer, topic: str, users: Se
 
 
 class Background:
-    """Produce ``events`` (other users' interactions) at ``rate`` per second on a thread until stopped.
+    """Produce other users' interactions at ``rate`` per second on a thread until stopped.
 
-    Own producer; event ids get a ``bg-`` prefix and timestamps move on from ``start_seconds``
-    at the same rate, so the stream time of the trials and of the background stays close.
+    Cycles through ``events`` as often as needed, each pass with fresh event ids (``bg-``) and
+    timestamps moving on from ``start_seconds`` at the same rate, so the trials and the
+    background share one stream time. Uses its own producer.
     """
 
     def __init__(self, bootstrap: str, topic: str, events, rate: float, start_seconds: float) -> None:
+        self._events = events.select(["event_id", "user_id", "item_id", "timestamp", "event_type", "value"])
+        self.bootstrap, self.topic, self.rate, self.start_seconds = bootstrap, topic, rate, start_seconds
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="background-events", daemon=True)
+
+    def _pass(self, number: int) -> tuple[list[str], list[bytes]]:
+        """Keys and values of pass ``number`` over the events."""
         import numpy as np
 
         from streaming.producer import event_values
 
-        n = events.num_rows
-        stamps = ((start_seconds + np.arange(n) / rate) * 1000).astype(np.int64)
-        moved = events.select(["event_id", "user_id", "item_id", "timestamp", "event_type", "value"])
-        moved = moved.set_column(0, "event_id", pa.array([f"bg-{k}" for k in range(n)]))
+        n = self._events.num_rows
+        stamps = ((self.start_seconds + (number * n + np.arange(n)) / self.rate) * 1000).astype(np.int64)
+        moved = self._events.set_column(0, "event_id", pa.array([f"bg-{number}-{k}" for k in range(n)]))
         moved = moved.set_column(3, "timestamp", pa.array(stamps).cast(pa.timestamp("ms", tz="UTC")))
-        self._users = moved.column("user_id").to_pylist()
-        self._values = event_values(moved)
-        self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="background-events", daemon=True)
+        return moved.column("user_id").to_pylist(), event_values(moved)
 
     def _run(self) -> None:
         from streaming.kafka import make_producer
@@ -177,20 +180,26 @@ class Background:
         bucket = TokenBucket(self.rate, burst=chunk)
         producer = make_producer(self.bootstrap, linger_ms=0)
         try:
-            for start in range(0, len(self._values), chunk):
-                if self._stop.is_set():
-                    return
-                bucket.take(chunk)
-                for user, value in zip(self._users[start:start + chunk], self._values[start:start + chunk]):
-                    producer.send(self.topic, key=user_key(user), value=value)
-                self.sent += len(self._values[start:start + chunk])
+            number = 0
+            while not self._stop.is_set():
+                users, values = self._pass(number)
+                for start in range(0, len(values), chunk):
+                    if self._stop.is_set():
+                        return
+                    bucket.take(chunk)
+                    for user, value in zip(users[start:start + chunk], values[start:start + chunk]):
+                        producer.send(self.topic, key=user_key(user), value=value)
+                    self.sent += len(values[start:start + chunk])
+                number += 1
         finally:
             producer.close()
 
     def __enter__(self) -> Background:
-        self._thread.start()
+        if self._events.num_rows:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(30)
+        if self._thread.is_alive():
+            self._thread.join(30)
