@@ -103,6 +103,19 @@ def sample_examples(ranker: SlowRanker, sample: ReplaySample) -> Examples:
     return Examples(examples.users, padded, examples.targets, examples.weights)
 
 
+def ewc_anchors(ranker: SlowRanker) -> dict[str, torch.Tensor]:
+    """The ranker's parameters as EWC anchors, its id tables cut to the ids it knows.
+
+    A table's spare rows (capacity grows by doubling) hold initial values, not knowledge: ids
+    registered after the champion land there, and anchoring them would pull new users and
+    items back to their random start. Cut, they have no anchor and move freely.
+    """
+    rows = {"user_emb.weight": len(ranker.users), "item_in.weight": len(ranker.items) + 1,
+            "item_out.weight": len(ranker.items), "item_bias.weight": len(ranker.items)}
+    return {name: p.detach()[: rows[name]].clone() if name in rows else p.detach().clone()
+            for name, p in ranker.net.named_parameters()}
+
+
 def train_challenger(champion: SlowRanker, train: ReplaySample, config: ConsolidationConfig,
                      previous_fisher: dict[str, torch.Tensor] | None = None, distill: Distill | None = None,
                      on_epoch: Callable[[int, float], None] | None = None) -> Trained:
@@ -123,7 +136,7 @@ def train_challenger(champion: SlowRanker, train: ReplaySample, config: Consolid
     seconds["fisher"] = time.perf_counter() - started
     if distill is not None:
         examples = examples.concat(distill(challenger))
-    anchors = {name: p.detach().clone() for name, p in champion.net.named_parameters()}
+    anchors = ewc_anchors(champion)
     penalty = None
     if config.ewc_lambda > 0:
         penalty = lambda net: ewc_penalty(dict(net.named_parameters()), anchors, fisher, config.ewc_lambda)  # noqa: E731

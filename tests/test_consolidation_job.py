@@ -24,7 +24,7 @@ from models.slow import SlowRanker
 
 OLD = cluster_events(seed=1)
 NEW = cluster_events(start_ms=T0_MS + DAY_MS, item_prefix="n", first_id=10_000, seed=2)
-CONFIG = ConsolidationConfig(epochs=10, probe_fraction=0.2, ewc_lambda=1000.0, tolerance=0.02)
+CONFIG = ConsolidationConfig(epochs=3, probe_fraction=0.2, ewc_lambda=1000.0, tolerance=0.02)
 
 
 class Boom(RuntimeError):

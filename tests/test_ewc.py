@@ -149,3 +149,26 @@ def test_ranker_closed_form_fisher_equals_per_sample_gradients(negatives):
     for name in closed:
         assert torch.allclose(closed[name], generic[name], rtol=1e-4, atol=1e-9), name
         assert generic[name].abs().max() > 0, name             # every parameter has some Fisher
+
+
+def test_ranker_anchors_leave_the_spare_rows_new_ids_land_in_free():
+    from consolidation.train import ewc_anchors
+    from models.slow import SlowRanker
+
+    ranker = SlowRanker(dim=4, epochs=1)
+    ranker.fit(ranker.build_examples(["a", "b"], ["x", "y"]))
+    anchors = ewc_anchors(ranker)
+    assert [anchors[n].shape[0] for n in ("user_emb.weight", "item_in.weight", "item_out.weight")] == [2, 3, 2]
+    clone = ranker.clone()
+    clone.build_examples(["c"], ["z"])                      # row 2 of tables with room for 1024
+    assert clone.net.n_items == ranker.net.n_items
+    params = dict(clone.net.named_parameters())
+    fisher = {name: torch.ones_like(p) for name, p in params.items()}
+    at_anchor = ewc_penalty(params, anchors, fisher, 1.0).item()
+    with torch.no_grad():
+        params["item_out.weight"][2] += 5.0
+        params["user_emb.weight"][2] += 5.0
+    assert math.isclose(ewc_penalty(params, anchors, fisher, 1.0).item(), at_anchor, abs_tol=1e-9)
+    with torch.no_grad():
+        params["item_out.weight"][1] += 1.0                # a known item still is anchored: 0.5 * 4 * 1^2
+    assert math.isclose(ewc_penalty(params, anchors, fisher, 1.0).item(), at_anchor + 2.0, rel_tol=1e-5)
