@@ -157,6 +157,8 @@ class FastSlow(Recommender):
         self._fast_rows = np.zeros(0, dtype=np.int64)     # slow row -> fast item row (-1 unseen)
         self._queue: list[tuple] = []
         self._last: Scored | None = None
+        self._trending_rows: np.ndarray | None = None
+        self._trending_at = 0
         self.clock = 0.0
         self.events = 0
         if ranker is not None:
@@ -332,7 +334,7 @@ class FastSlow(Recommender):
         mem_rows, mem_weight, strength = np.zeros(0, np.int64), np.zeros(0), 0.0
         if len(self._memory):
             # other users' moments: the user's own recent items are already in cooc/transitions
-            hits = self._memory.search(_unit((base + fast_vec)[None, :])[0], 4 * self.memory_k)
+            hits = self._memory.search(_unit((base + fast_vec)[None, :])[0], 2 * self.memory_k)
             others = np.flatnonzero(hits.users != self._users.get(user_id))[: self.memory_k]
             age = np.maximum(self.clock - hits.times[others], 0.0)
             weight = np.clip(hits.scores[others], 0.0, None) * np.power(0.5, age / self.memory_half_life)
@@ -344,12 +346,19 @@ class FastSlow(Recommender):
 
     def _candidates(self, sig: Signals) -> np.ndarray:
         parts = [top_positive(sig.cooc, self.signal_candidates), top_positive(sig.trans, self.signal_candidates),
-                 sig.mem_rows, top_positive(sig.popularity, self.popular_candidates)]
+                 sig.mem_rows, self._trending(sig.popularity)]
         if len(self._index):
             slow_rows, _ = self._index.search(sig.base + sig.fast_vec, self.ann_candidates)
             rows = self._fast_rows[slow_rows]
             parts.append(rows[rows >= 0])
         return np.unique(np.concatenate(parts).astype(np.int64))
+
+    def _trending(self, popularity: np.ndarray) -> np.ndarray:
+        """The most popular items right now, recomputed at most every 100 events (it moves slowly)."""
+        if self._trending_rows is None or self.events - self._trending_at >= 100:
+            self._trending_rows = top_positive(popularity, self.popular_candidates)
+            self._trending_at = self.events
+        return self._trending_rows
 
     def _request(self, user_id: str, sig: Signals) -> np.ndarray:
         state = self._fast.get(user_id)

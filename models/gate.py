@@ -90,7 +90,7 @@ class Gate:
     (True, 1)
     """
 
-    def __init__(self, lr: float = 0.02, temperature: float = 10.0, l2: float = 1e-4,
+    def __init__(self, lr: float = 0.005, temperature: float = 10.0, l2: float = 1e-4,
                  fixed_gate: float | None = None, initial_weights: tuple[float, ...] | None = None) -> None:
         self.lr = lr
         self.temperature = temperature

@@ -259,8 +259,13 @@ class SlowRanker:
         rows, owner, w = rows[known], owner[known], self._weights[age[known]]
         totals = np.bincount(owner, weights=w, minlength=n)
         w = w / totals[owner]
-        pooling = sp.csr_matrix((w.astype(np.float32), (owner, rows + 1)), shape=(n, len(self._item_in)))
-        vec = np.asarray(pooling @ self._item_in) @ self._pool_w.T + self._pool_b
+        if len(rows) <= 4 * self.history:   # a handful of users: a direct gather is cheaper
+            pooled = np.zeros((n, self.dim), dtype=np.float32)
+            np.add.at(pooled, owner, (w[:, None] * self._item_in[rows + 1]).astype(np.float32))
+        else:
+            pooling = sp.csr_matrix((w.astype(np.float32), (owner, rows + 1)), shape=(n, len(self._item_in)))
+            pooled = np.asarray(pooling @ self._item_in)
+        vec = pooled @ self._pool_w.T + self._pool_b
         users = np.asarray(user_rows, dtype=np.int64)
         ok = (users >= 0) & (users < len(self._user_emb))
         vec[ok] += self._user_emb[users[ok]]
