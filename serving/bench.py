@@ -11,9 +11,10 @@ keep-alive ``httpx.Client`` each, for every concurrency (``--concurrency``, defa
 
 The server runs in its own process so its interpreter lock is not shared with the clients';
 on a 2-core machine the two still share the cores. Each result has the client-side wall
-latency percentiles (p50/p99), the requests per second over the timed run, and the
-server-side time under the model lock (``model_p50_ms``/``model_p99_ms``, the response's
-``took_ms``), which separates the model from HTTP, and the server process's CPU time per
+latency percentiles (p50/p99), the requests per second over the timed run, the server-side
+time of the handler (``took_p50_ms``/``took_p99_ms``, the response's ``took_ms``: waiting
+for the model lock plus scoring), which separates the model from HTTP, and the server
+process's CPU time per
 request (``server_cpu_ms_per_request``, warm-up included), which a machine busy with other
 work inflates far less than wall-clock figures. The last stdout line is one JSON object:
 ``{"results": [{"items", "concurrency", "p50_ms", "p99_ms", "rps", ...}], "catalogue": ..., ...}``.
@@ -66,8 +67,8 @@ def bench_serve(
                 results.append(result)
                 if not json_only:
                     typer.echo(f"{n_items:>9} items, concurrency {c}: p50 {result['p50_ms']} ms, p99 "
-                               f"{result['p99_ms']} ms, {result['rps']} req/s (model p99 {result['model_p99_ms']} ms)",
-                               err=True)
+                               f"{result['p99_ms']} ms, {result['rps']} req/s "
+                               f"(server took p99 {result['took_p99_ms']} ms)", err=True)
     target = next((r for r in results if r["items"] == TARGET["items"] and r["concurrency"] == TARGET["concurrency"]),
                   None)
     summary = {"results": results,
@@ -80,13 +81,13 @@ def bench_serve(
 
 
 def measure(url: str, users: list[str], concurrency: int, requests: int, warmup: int, k: int) -> dict[str, Any]:
-    """Client latency percentiles, requests/s and server-side model time for one concurrency level."""
+    """Client latency percentiles, requests/s and server-side handler time for one concurrency level."""
     import httpx
     import numpy as np
 
     per_thread = [requests // concurrency + (t < requests % concurrency) for t in range(concurrency)]
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    model_ms: list[list[float]] = [[] for _ in range(concurrency)]
+    took_ms: list[list[float]] = [[] for _ in range(concurrency)]
     failures: list[str] = []
     barrier = threading.Barrier(concurrency + 1)
 
@@ -105,7 +106,7 @@ def measure(url: str, users: list[str], concurrency: int, requests: int, warmup:
                 if response.status_code != 200:
                     failures.append(f"{response.status_code}: {response.text[:200]}")
                 else:
-                    model_ms[t].append(response.json()["took_ms"])
+                    took_ms[t].append(response.json()["took_ms"])
 
     threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(concurrency)]
     for thread in threads:
@@ -117,10 +118,10 @@ def measure(url: str, users: list[str], concurrency: int, requests: int, warmup:
     elapsed = time.perf_counter() - began
     if failures:
         raise RuntimeError(f"{len(failures)} of {requests} requests failed; first: {failures[0]}")
-    wall, model = np.concatenate(latencies), np.concatenate(model_ms)
+    wall, took = np.concatenate(latencies), np.concatenate(took_ms)
     pct = lambda a, q: round(float(np.percentile(a, q)), 3)  # noqa: E731
     return {"p50_ms": pct(wall, 50), "p99_ms": pct(wall, 99), "rps": round(len(wall) / elapsed, 1),
-            "model_p50_ms": pct(model, 50), "model_p99_ms": pct(model, 99), "requests": len(wall)}
+            "took_p50_ms": pct(took, 50), "took_p99_ms": pct(took, 99), "requests": len(wall)}
 
 
 class CatalogueServer:
