@@ -141,6 +141,7 @@ def _register_champion(ranker: SlowRanker, tracking_uri: str) -> ModelRegistry:
 
 # -- tests ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_events_through_the_worker_move_that_users_fastslow_recommendations(broker, tmp_path, world):
     topic, dlq = make_topics(broker)
     events = world.events
