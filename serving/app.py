@@ -117,11 +117,15 @@ def create_app(runtime: Runtime, api_key: str | None = None) -> FastAPI:
     @app.post("/events", status_code=202)
     async def post_events(request: Request, x_api_key: str | None = Header(None)) -> Response:
         authorize(x_api_key)
-        events = _parse_events(await _read_body(request), runtime)
-        try:
-            ids = await _in_thread(runtime.produce, events)
-        except ServingError as exc:
-            raise HTTPException(503, str(exc)) from None
+        body = await _read_body(request)
+
+        def accept() -> list[str]:  # on a thread: validating 1,000 events takes milliseconds
+            try:
+                return runtime.produce(_parse_events(body, runtime))
+            except ServingError as exc:
+                raise HTTPException(503, str(exc)) from None
+
+        ids = await _in_thread(accept)
         return JSONResponse({"accepted": len(ids), "event_ids": ids}, status_code=202)
 
     @app.delete("/users/{user_id}")

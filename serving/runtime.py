@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKER_ID = "serve-0"
 """Worker id of the in-process worker (distinct from `fastslow worker`'s ``worker-0``)."""
 ACK_TIMEOUT_S = 10.0
+"""Default seconds ``POST /events`` waits for Kafka (metadata, then acknowledgements)."""
 
 
 class ServingError(FastslowError):
@@ -101,6 +102,8 @@ class Runtime:
         A `features.store.FeatureStoreClient` whose online rows a deletion removes (None: none).
     poll_interval_s
         Seconds between champion polls.
+    ack_timeout_s
+        How long producing an event may wait for Kafka before ``POST /events`` answers 503.
     worker_options
         Extra `streaming.worker.Worker` keyword arguments.
     """
@@ -109,13 +112,13 @@ class Runtime:
                  topic: str = TOPIC_INTERACTIONS, dlq_topic: str = TOPIC_DLQ, group_id: str | None = None,
                  worker_id: str = DEFAULT_WORKER_ID, data_dir: str | Path = ".fastslow",
                  registry: ModelRegistry | None = None, champion_version: int | None = None,
-                 features: Any = None, poll_interval_s: float = 5.0,
+                 features: Any = None, poll_interval_s: float = 5.0, ack_timeout_s: float = ACK_TIMEOUT_S,
                  worker_options: dict[str, Any] | None = None) -> None:
         self.bootstrap, self.consume = bootstrap, consume and bootstrap is not None
         self.topic, self.dlq_topic, self.group_id, self.worker_id = topic, dlq_topic, group_id, worker_id
         self.data_dir = Path(data_dir)
         self.registry, self.champion_version = registry, champion_version
-        self.features, self.poll_interval_s = features, poll_interval_s
+        self.features, self.poll_interval_s, self.ack_timeout_s = features, poll_interval_s, ack_timeout_s
         self.worker_options = dict(worker_options or {})
         self.metrics = ServingMetrics()
         self.metrics.champion_version.set(champion_version or 0)
@@ -173,7 +176,7 @@ class Runtime:
         """Connect the producer, start the worker and the champion watcher."""
         try:
             if self.bootstrap is not None:
-                self._producer = make_producer(self.bootstrap)
+                self._producer = make_producer(self.bootstrap, **_producer_timeouts(self.ack_timeout_s))
             if self.consume:
                 self._start_worker()
             if self.registry is not None:
@@ -194,8 +197,8 @@ class Runtime:
         finally:
             self._threads = []
             producer, self._producer = self._producer, None
-            if producer is not None:
-                producer.close(timeout=ACK_TIMEOUT_S)
+            if producer is not None:  # unacknowledged events expire within ack_timeout_s (their POSTs got 503)
+                producer.close(timeout=2 * self.ack_timeout_s)
 
     def __enter__(self) -> Runtime:
         return self.start()
@@ -321,7 +324,7 @@ class Runtime:
                    for e in events]
         try:
             for future in futures:
-                future.get(timeout=ACK_TIMEOUT_S)
+                future.get(timeout=self.ack_timeout_s)
         except KafkaError as exc:
             raise ServingError("events", f"Kafka did not acknowledge them ({exc!r})",
                                "retry: the worker drops duplicates by event_id") from None
@@ -362,6 +365,20 @@ class Runtime:
         if self.consume and self.worker_error is not None:
             reasons.append(f"in-process worker stopped: {self.worker_error!r}")
         return reasons
+
+
+def _producer_timeouts(ack_timeout_s: float) -> dict[str, int]:
+    """Producer settings so that nothing about an event outlives its POST's wait.
+
+    ``send`` waits for metadata up to ``max_block_ms`` (60 s by default) while the broker is
+    away, and an unacknowledged event stays queued for ``delivery_timeout_ms`` (120 s), which
+    also makes ``close`` fail; both are bounded by the time a POST waits.
+
+    >>> _producer_timeouts(10.0)
+    {'max_block_ms': 10000, 'delivery_timeout_ms': 10000, 'request_timeout_ms': 9990}
+    """
+    ms = int(ack_timeout_s * 1000)
+    return {"max_block_ms": ms, "delivery_timeout_ms": ms, "request_timeout_ms": max(ms - 10, 1)}
 
 
 _thread_state = threading.local()

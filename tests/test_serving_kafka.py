@@ -118,7 +118,8 @@ def test_readiness_turns_503_when_the_broker_goes_away(ranker, tmp_path):
     broker = EmbeddedBroker(port=0, data_dir=tmp_path / "broker", partitions=1, stop_timeout=0.5)
     broker.start()
     try:
-        runtime = Runtime(clustered_model(ranker), bootstrap=broker.bootstrap, consume=False, data_dir=tmp_path)
+        runtime = Runtime(clustered_model(ranker), bootstrap=broker.bootstrap, consume=False, data_dir=tmp_path,
+                          ack_timeout_s=1.0)
         with serving(runtime) as client:
             assert client.get("/readyz").json() == {"ready": True, "reasons": [], "model_version": None,
                                                     "worker_assigned": None}
@@ -127,6 +128,8 @@ def test_readiness_turns_503_when_the_broker_goes_away(ranker, tmp_path):
             assert client.get("/readyz").json()["reasons"] == [f"Kafka broker unreachable at {broker.bootstrap}"]
             assert client.get("/healthz").status_code == 200  # alive, just not ready
             assert client.get("/recommend", params={"user_id": "u1"}).status_code == 200
+            refused = client.post("/events", json=event("u1", "i0-1", 1))
+            assert refused.status_code == 503 and "Kafka did not acknowledge" in refused.json()["detail"]
     finally:
         broker.stop()
 
