@@ -44,6 +44,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from fastslow.errors import FastslowError
 from serving.metrics import CONTENT_TYPE
 from serving.runtime import Runtime, ServingError
 from streaming.event_rules import MAX_EVENT_BYTES, REASON_MISSING, RuleViolation, check_text, show_value
@@ -59,12 +60,12 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 API_KEY_HEADER = "X-API-Key"
 
 
-class Problems(Exception):
-    """One or more field-level problems with a request: answered with 422."""
+class Problems(FastslowError):
+    """One or more field-level problems with a request (`problem` entries): answered with 422."""
 
     def __init__(self, problems: list[dict[str, Any]]) -> None:
-        super().__init__(problems)
         self.problems = problems
+        super().__init__("; ".join(p["message"] for p in problems))
 
 
 def problem(field: str, value: Any, reason: str, index: int | None = None) -> dict[str, Any]:
