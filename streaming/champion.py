@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHAMPION_MODEL = "champion"
-"""The ``--model`` value naming the default: FastSlow over the registry's champion."""
-
-
 class NoChampionModel(FastslowError):
     """The worker was asked for the champion and the registry has none."""
 

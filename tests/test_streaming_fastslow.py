@@ -141,6 +141,15 @@ def _register_champion(ranker: SlowRanker, tracking_uri: str) -> ModelRegistry:
 
 # -- tests ----------------------------------------------------------------------------------
 
+def test_the_worker_command_without_a_champion_says_how_to_make_one(tmp_path):
+    from fastslow.cli import app
+
+    result = CliRunner().invoke(app, ["worker", "--bootstrap-servers", "127.0.0.1:9", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no champion slow model" in result.output and "fastslow consolidate --events LOG" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # looking left nothing behind
+
+
 @pytest.mark.slow
 def test_events_through_the_worker_move_that_users_fastslow_recommendations(broker, tmp_path, world):
     topic, dlq = make_topics(broker)
