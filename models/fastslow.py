@@ -265,13 +265,17 @@ class FastSlow(Recommender):
         self._cap_memory(user_rows, ids)
 
     def _cap_memory(self, user_rows: list[int], ids: np.ndarray) -> None:
-        """Keep each user's latest `memory_per_user` entries; remove older ones in one call."""
+        """Keep each user's latest `memory_per_user` entries, removing older ones in batches.
+
+        A user may briefly hold up to twice the cap (removal rewrites FAISS lists, so it is
+        done once per user per `memory_per_user` events); scoring skips the user's own entries.
+        """
         drop = []
         for user, entry in zip(user_rows, ids.tolist()):
             mine = self._mem_ids.setdefault(user, deque())
             mine.append(entry)
-            if len(mine) > self.memory_per_user:
-                drop.append(mine.popleft())
+            if len(mine) >= 2 * self.memory_per_user:
+                drop.extend(mine.popleft() for _ in range(len(mine) - self.memory_per_user))
         if drop:
             self._memory.remove(drop)
 
@@ -330,7 +334,7 @@ class FastSlow(Recommender):
         base, fast_vec = self._user_vector(user_id)
         recent = self._recent(user_id)
         stats = self._stats
-        cooc = stats.cooccurrence_scores(recent) / np.sqrt(stats.counts[: stats.n_items] + 1.0)
+        cooc = stats.cooccurrence_scores(recent)
         mem_rows, mem_weight, strength = np.zeros(0, np.int64), np.zeros(0), 0.0
         if len(self._memory):
             # other users' moments: the user's own recent items are already in cooc/transitions
@@ -341,22 +345,22 @@ class FastSlow(Recommender):
             mem_rows, inverse = np.unique(hits.items[others], return_inverse=True)
             mem_weight = np.bincount(inverse, weights=weight, minlength=len(mem_rows))
             strength = float(weight.sum())
-        return Signals(base, fast_vec, cooc, stats.transition_scores(recent), stats.recent_popularity(self.clock),
-                       mem_rows, mem_weight, strength)
+        return Signals(base, fast_vec, cooc, stats.transition_scores(recent),
+                       lambda rows: stats.recent_popularity(self.clock, rows), mem_rows, mem_weight, strength)
 
     def _candidates(self, sig: Signals) -> np.ndarray:
         parts = [top_positive(sig.cooc, self.signal_candidates), top_positive(sig.trans, self.signal_candidates),
-                 sig.mem_rows, self._trending(sig.popularity)]
+                 sig.mem_rows, self._trending()]
         if len(self._index):
             slow_rows, _ = self._index.search(sig.base + sig.fast_vec, self.ann_candidates)
             rows = self._fast_rows[slow_rows]
             parts.append(rows[rows >= 0])
         return np.unique(np.concatenate(parts).astype(np.int64))
 
-    def _trending(self, popularity: np.ndarray) -> np.ndarray:
+    def _trending(self) -> np.ndarray:
         """The most popular items right now, recomputed at most every 100 events (it moves slowly)."""
         if self._trending_rows is None or self.events - self._trending_at >= 100:
-            self._trending_rows = top_positive(popularity, self.popular_candidates)
+            self._trending_rows = top_positive(self._stats.recent_popularity(self.clock), self.popular_candidates)
             self._trending_at = self.events
         return self._trending_rows
 

@@ -10,6 +10,7 @@ the fast path for this user right now.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,8 @@ class Signals:
     fast_vec: np.ndarray
     cooc: np.ndarray
     trans: np.ndarray
-    popularity: np.ndarray
+    popularity: Callable[[np.ndarray], np.ndarray]
+    """Recent popularity of the given item rows."""
     mem_rows: np.ndarray
     mem_weight: np.ndarray
     mem_strength: float
@@ -92,7 +94,7 @@ def candidate_features(rows: np.ndarray, sig: Signals, slow_rows: np.ndarray, it
         "cooccurrence": sig.cooc[rows],
         "transition": sig.trans[rows],
         "memory": merge_memory(rows, sig.mem_rows, sig.mem_weight),
-        "recent_popularity": np.log1p(sig.popularity[rows]),
+        "recent_popularity": np.log1p(sig.popularity(rows)),
     }
     fast = np.column_stack([normalise(columns[name]) for name in FAST_SIGNALS])
     return normalise(slow_raw), fast

@@ -46,7 +46,7 @@ class StreamStats:
     0.871
     """
 
-    def __init__(self, window: int = 20, decay: float = 0.7, transition_window: int = 5,
+    def __init__(self, window: int = 10, decay: float = 0.7, transition_window: int = 5,
                  transition_decay: float = 0.5, popularity_half_life: float = 86400.0) -> None:
         self.window = window
         self.decay = decay
@@ -58,6 +58,7 @@ class StreamStats:
         self.transitions = Cooccurrence(symmetric=False)
         self.counts = np.zeros(1024)
         self._pop = np.zeros(1024)          # decayed count as of self._pop_time
+        self._inv_sqrt = np.ones(1024)      # 1 / sqrt(count + 1), kept per item as counts change
         self._pop_time = 0.0
 
     @property
@@ -79,12 +80,16 @@ class StreamStats:
         if row >= len(self.counts):
             self.counts = _grow(self.counts, row + 1)
             self._pop = _grow(self._pop, row + 1)
+            fresh = len(self._inv_sqrt)
+            self._inv_sqrt = _grow(self._inv_sqrt, row + 1)
+            self._inv_sqrt[fresh:] = 1.0
         return row
 
     def observe(self, item_id: str, timestamp: float) -> int:
         """Count one interaction with the item (registering it if new); returns its row."""
         row = self.register(item_id)
         self.counts[row] += 1
+        self._inv_sqrt[row] = 1.0 / math.sqrt(self.counts[row] + 1.0)
         self._bump_popularity(row, timestamp)
         return row
 
@@ -111,17 +116,19 @@ class StreamStats:
             self._pop_time = timestamp
         self._pop[row] += math.pow(0.5, (self._pop_time - timestamp) / self.popularity_half_life)
 
-    def recent_popularity(self, now: float) -> np.ndarray:
-        """Recency-weighted counts per item row as of `now` (a view-sized copy)."""
+    def recent_popularity(self, now: float, rows: np.ndarray | None = None) -> np.ndarray:
+        """Recency-weighted counts as of `now`, per item row (all of them, or just `rows`)."""
         factor = math.pow(0.5, (now - self._pop_time) / self.popularity_half_life)
-        return self._pop[: self.n_items] * factor
+        return (self._pop[: self.n_items] if rows is None else self._pop[rows]) * factor
 
     def cooccurrence_scores(self, recent: Sequence[int]) -> np.ndarray:
-        """Sum over the user's last `window` items of decay**age * C[h, :] (dense, per item row)."""
+        """Sum over the user's last `window` items of decay**age * C[h, j] / sqrt(n_j + 1)
+        (dense, per item row j; the item-kNN normalisation by the candidate's popularity)."""
         window = list(recent[-self.window:])
         if not window:
             return np.zeros(self.n_items)
-        return self.cooccurrence.scores(window, self.pair_weights(len(window), self.decay), n=self.n_items)
+        raw = self.cooccurrence.scores(window, self.pair_weights(len(window), self.decay), n=self.n_items)
+        return raw * self._inv_sqrt[: self.n_items]
 
     def transition_scores(self, recent: Sequence[int]) -> np.ndarray:
         """Sum over the last `transition_window` items of decay**age * T[h -> :] (dense)."""
