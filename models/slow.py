@@ -4,6 +4,16 @@ Training (warm-up, consolidation, fine-tuning) runs torch; scoring a request rea
 copies of the weights refreshed after every training call, so serving never runs autograd.
 The item output vectors feed the FAISS item index; the per-event fast path adjusts the user
 vector this model computes.
+
+Context (optional, ``context=`` a spec such as `features.context.ContextSpec.as_dict` gives):
+numeric user features enter the user tower, a category bucket and numeric item features the
+item tower (`models.slow_net`). Training reads them per example (`Examples.user_context`,
+``item_context``, ``item_category``: each event's features as of just before it); sampled
+negatives read the catalogue table set with `set_item_table`. Scoring keeps the id part as it
+was (`user_vector_rows`, `item_vectors`, `item_biases`: the item index and the fast path use
+those) and adds `context_scores`, one additive term per candidate; an item the model has no
+row for is scored by its context alone. A row of zeros and category bucket 0 mean "every
+feature missing", which is what examples without context are given.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,6 +37,29 @@ logger = logging.getLogger(__name__)
 
 #: An extra loss term computed from the network (EWC uses this).
 Penalty = Callable[[SlowRankerNet], torch.Tensor]
+
+
+class ContextArrays(NamedTuple):
+    """Context of one request as the ranker reads it (`features.context.FeatureContext.lookup`).
+
+    ``user`` (n_user,) numeric user features; ``items`` (N, n_item) numeric features and
+    ``categories`` (N,) category buckets (0: unknown) of N candidate items.
+    """
+
+    user: np.ndarray
+    items: np.ndarray
+    categories: np.ndarray
+
+
+def context_dims(context: dict | None) -> tuple[int, int, int]:
+    """(user features, item features, category buckets) a context spec asks for.
+
+    >>> context_dims(None), context_dims({"user": ["a", "b"], "item": ["c"], "categories": 16})
+    ((0, 0, 0), (2, 1, 16))
+    """
+    if not context:
+        return 0, 0, 0
+    return len(context.get("user", ())), len(context.get("item", ())), int(context.get("categories", 0))
 
 
 def recency_weights(length: int, decay: float) -> np.ndarray:
@@ -48,13 +82,43 @@ class Examples:
     targets: np.ndarray
     weights: np.ndarray
     """Per-example loss weight (1.0 for observed events)."""
+    user_context: np.ndarray | None = None
+    """(n, n_user) numeric user features as of just before each event, or None."""
+    item_context: np.ndarray | None = None
+    """(n, n_item) numeric features of each target item as of just before its event, or None."""
+    item_category: np.ndarray | None = None
+    """(n,) category bucket of each target item (0: unknown), or None."""
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    @property
+    def has_context(self) -> bool:
+        return self.item_context is not None
+
+    def with_context(self, user: np.ndarray, items: np.ndarray, categories: np.ndarray) -> "Examples":
+        """The same examples carrying per-example context arrays (one row per example)."""
+        if not (len(user) == len(items) == len(categories) == len(self)):
+            raise ValueError(f"context arrays have {len(user)}, {len(items)} and {len(categories)} rows "
+                             f"for {len(self)} examples: build them from the same events, in order")
+        return Examples(self.users, self.history, self.targets, self.weights, np.asarray(user, np.float32),
+                        np.asarray(items, np.float32), np.asarray(categories, np.int64))
+
     def concat(self, other: "Examples") -> "Examples":
-        return Examples(np.concatenate([self.users, other.users]), np.concatenate([self.history, other.history]),
-                        np.concatenate([self.targets, other.targets]), np.concatenate([self.weights, other.weights]))
+        """Both sets of examples; if only one carries context, the other's is all-missing (zeros)."""
+        joined = Examples(np.concatenate([self.users, other.users]), np.concatenate([self.history, other.history]),
+                          np.concatenate([self.targets, other.targets]), np.concatenate([self.weights, other.weights]))
+        if not (self.has_context or other.has_context):
+            return joined
+        parts = [self._context_or_zeros(other), other._context_or_zeros(self)]
+        return joined.with_context(*(np.concatenate([a, b]) for a, b in zip(*parts)))
+
+    def _context_or_zeros(self, like: "Examples") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.has_context:
+            return self.user_context, self.item_context, self.item_category
+        n = len(self)
+        return (np.zeros((n, like.user_context.shape[1]), np.float32),
+                np.zeros((n, like.item_context.shape[1]), np.float32), np.zeros(n, np.int64))
 
 
 class SlowRanker:
@@ -76,6 +140,16 @@ class SlowRanker:
         torch device for training ("cpu", "cuda").
     seed
         Seed for initialisation, shuffling and negative sampling.
+    context
+        Context features the model reads, as a plain dict (JSON-able, so it travels with the
+        model through the registry): ``user`` and ``item`` (lists of numeric feature names),
+        ``categories`` (number of category buckets, 0 for none), plus whatever else the
+        feature provider needs to rebuild the same inputs (`features.context.ContextSpec`).
+        None: ids and history only.
+    cold_dropout
+        With context: the share of training items (targets and negatives) whose id part is
+        hidden, so the context part learns to score items on its own (items the model has no
+        row for at serving time are scored that way).
 
     Examples
     --------
@@ -86,11 +160,28 @@ class SlowRanker:
     >>> scores = ranker.score("new-user", ["x"], ["y", "w"])   # a stranger who just had x
     >>> bool(scores[0] > scores[1])
     True
+
+    With context, an item trained on carries its category to items never trained on:
+
+    >>> spec = {"user": [], "item": ["price"], "categories": 4}
+    >>> ranker = SlowRanker(dim=8, epochs=40, seed=0, context=spec)
+    >>> ex = ranker.build_examples([u for u, _ in events], [i for _, i in events])
+    >>> category = {"x": 1, "y": 1, "z": 2, "w": 2}
+    >>> cats = np.array([category[i] for _, i in events])
+    >>> ex = ex.with_context(np.zeros((len(ex), 0)), np.zeros((len(ex), 1)), cats)
+    >>> ranker.set_item_table(list(category), np.zeros((4, 1)), np.array(list(category.values())))
+    >>> _ = ranker.fit(ex)
+    >>> new = ContextArrays(np.zeros(0), np.zeros((2, 1)), np.array([1, 2]))  # unseen items: cat 1, cat 2
+    >>> base = ranker.user_vector("new-user", ["x"])
+    >>> scores = ranker.context_scores(base, np.array([-1, -1]), new)
+    >>> bool(scores[0] > scores[1])
+    True
     """
 
     def __init__(self, dim: int = 64, history: int = 50, history_decay: float = 0.9, epochs: int = 10,
                  batch_size: int = 512, lr: float = 0.005, weight_decay: float = 1e-6,
-                 negatives: int = 4096, device: str = "cpu", seed: int = 0) -> None:
+                 negatives: int = 4096, device: str = "cpu", seed: int = 0, context: dict | None = None,
+                 cold_dropout: float = 0.2) -> None:
         self.dim = dim
         self.history = history
         self.history_decay = history_decay
@@ -101,12 +192,17 @@ class SlowRanker:
         self.negatives = negatives
         self.device = device
         self.seed = seed
+        self.context = context
+        self.cold_dropout = cold_dropout
         self.users = Vocab()
         self.items = Vocab()
         self._rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
-        self.net = SlowRankerNet(1024, 1024, dim).to(device)
+        n_user, n_item, n_categories = context_dims(context)
+        self.net = SlowRankerNet(1024, 1024, dim, n_user, n_item, n_categories).to(device)
         self._weights = recency_weights(history, history_decay)
+        self._table_ids = Vocab()
+        self._table = (np.zeros((0, n_item), np.float32), np.zeros(0, np.int64))
         self.refresh()
 
     # ------------------------------------------------------------------ ids and examples
@@ -147,7 +243,62 @@ class SlowRanker:
         return Examples(user_rows, hist, targets, w)
 
     # ------------------------------------------------------------------ training
-    def _batch_loss(self, ex: Examples, idx: np.ndarray) -> torch.Tensor:
+    # ------------------------------------------------------------------ context
+    @property
+    def uses_context(self) -> bool:
+        """True if the model was built to read context (a `context` spec with features)."""
+        return any(context_dims(getattr(self, "context", None)))
+
+    def set_item_table(self, item_ids: Sequence[str], items: np.ndarray, categories: np.ndarray) -> None:
+        """The catalogue's item context (numeric rows, category buckets) that sampled negatives read.
+
+        Take it from what was known at the end of the training data (e.g. an online lookup
+        right before training). Items not in it (or registered later) read as all-missing.
+        """
+        self._table_ids = Vocab(item_ids)
+        self._table = (np.asarray(items, np.float32).reshape(len(item_ids), -1), np.asarray(categories, np.int64))
+
+    def item_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(numeric (n_items, n_item), categories (n_items,)) aligned with item rows, from `set_item_table`."""
+        rows = self._table_ids.lookup(self.items.ids())
+        numeric = np.zeros((len(rows), self.net.n_item_context), np.float32)
+        categories = np.zeros(len(rows), np.int64)
+        have = rows >= 0
+        if have.any():
+            numeric[have], categories[have] = self._table[0][rows[have]], self._table[1][rows[have]]
+        return numeric, categories
+
+    def _context_loss(self, ex: Examples, idx: np.ndarray, users, hist, hist_w, targets,
+                      table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Per-example softmax loss with context: targets read their own (point-in-time) context,
+        negatives the catalogue table; `cold_dropout` of both have their id part hidden."""
+        dev, net = self.device, self.net
+        user_ctx = torch.as_tensor(ex.user_context[idx], device=dev) if net.context is not None else None
+        vec = net.user_vectors(users, hist, hist_w, user_ctx)
+        hide = torch.as_tensor(self._rng.random(len(idx)) < self.cold_dropout, device=dev)
+        pos_vec, pos_bias = net.item_parts(targets, torch.as_tensor(ex.item_context[idx], device=dev),
+                                           torch.as_tensor(ex.item_category[idx], device=dev), hide)
+        pos = (vec * pos_vec).sum(-1) + pos_bias
+        n_items = len(self.items)
+        negs = (torch.arange(n_items, device=dev) if self.negatives >= n_items else
+                torch.as_tensor(self._rng.integers(0, n_items, size=self.negatives), device=dev))
+        hide = torch.as_tensor(self._rng.random(len(negs)) < self.cold_dropout, device=dev)
+        neg_vec, neg_bias = net.item_parts(negs, table[0][negs], table[1][negs], hide)
+        neg = (vec @ neg_vec.T + neg_bias).masked_fill(negs.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        return torch.logsumexp(torch.cat([pos.unsqueeze(1), neg], dim=1), dim=1) - pos
+
+    def _table_tensors(self, examples: Examples) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The negatives' context table when these examples train the context part, else None.
+
+        Examples without context train the id part only (the context layers are left alone).
+        """
+        if not (examples.has_context and self.uses_context):
+            return None
+        numeric, categories = self.item_table()
+        return torch.as_tensor(numeric, device=self.device), torch.as_tensor(categories, device=self.device)
+
+    def _batch_loss(self, ex: Examples, idx: np.ndarray,
+                    table: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         dev = self.device
         users = torch.as_tensor(ex.users[idx], device=dev)
         hist = torch.as_tensor(ex.history[idx], device=dev)
@@ -156,7 +307,9 @@ class SlowRanker:
         hist_w = hist_w / hist_w.sum(dim=1, keepdim=True).clamp(min=1e-12)
         targets = torch.as_tensor(ex.targets[idx], device=dev)
         n_items = len(self.items)
-        if self.negatives >= n_items:
+        if table is not None:
+            losses = self._context_loss(ex, idx, users, hist, hist_w, targets, table)
+        elif self.negatives >= n_items:
             logits = self.net(users, hist, hist_w, torch.arange(n_items, device=dev))
             losses = F.cross_entropy(logits, targets, reduction="none")
         else:
@@ -175,6 +328,7 @@ class SlowRanker:
         if not len(examples):
             return []
         self._ensure_capacity()
+        table = self._table_tensors(examples)
         was_training = self.net.training
         self.net.train()
         opt = torch.optim.Adam(self.net.parameters(), lr=lr or self.lr, weight_decay=self.weight_decay)
@@ -184,7 +338,7 @@ class SlowRanker:
                 order = self._rng.permutation(len(examples))
                 total, batches = 0.0, 0
                 for start in range(0, len(order), self.batch_size):
-                    loss = self._batch_loss(examples, order[start:start + self.batch_size])
+                    loss = self._batch_loss(examples, order[start:start + self.batch_size], table)
                     if penalty is not None:
                         loss = loss + penalty(self.net)
                     opt.zero_grad()
@@ -202,7 +356,7 @@ class SlowRanker:
     def sgd_step(self, examples: Examples, lr: float) -> float:
         """One plain SGD step on `examples` (the naive fine-tuning baseline)."""
         self._ensure_capacity()
-        loss = self._batch_loss(examples, np.arange(len(examples)))
+        loss = self._batch_loss(examples, np.arange(len(examples)), self._table_tensors(examples))
         self.net.zero_grad()
         loss.backward()
         with torch.no_grad():
@@ -224,6 +378,11 @@ class SlowRanker:
             self._pool_w = net.pool.weight.detach().cpu().numpy().astype(np.float32)
             self._pool_b = net.pool.bias.detach().cpu().numpy().astype(np.float32)
             self._user_emb = net.user_emb.weight.detach().cpu().numpy().astype(np.float32)
+            numpy = lambda layer: None if layer is None else layer.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+            self._context_w = numpy(net.context.weight if net.context is not None else None)
+            self._item_context_w = numpy(getattr(net, "item_context", None) and net.item_context.weight)
+            self._category = numpy(getattr(net, "category", None) and net.category.weight)
+            self._unknown_item = numpy(getattr(net, "unknown_item", None))
 
     @property
     def item_vectors(self) -> np.ndarray:
@@ -271,13 +430,53 @@ class SlowRanker:
         vec[ok] += self._user_emb[users[ok]]
         return vec.astype(np.float32)
 
-    def score(self, user_id: str, recent_items: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """Scores of `item_ids` for the user; items the model never saw get -inf."""
+    def context_scores(self, base: np.ndarray, rows: np.ndarray, context: ContextArrays) -> np.ndarray:
+        """What context adds to each candidate's slow score, given the id-only user vector `base`.
+
+        With ``u = base + C @ context.user`` (the user tower's context part) and each item's
+        context part ``(e_j, b_j)`` (category embedding + projection of its numeric features),
+
+        - for an item row r >= 0: ``term = <u - base, item_out[r]> + <u, e_j> + b_j``, so
+          ``<base, item_out[r]> + item_bias[r] + term`` is the full score;
+        - for r = -1 (no row: an item the model never trained on): the unknown-item vector
+          and bias are added, and ``term`` is the item's whole score (the id part is 0).
+
+        Returns zeros for a model without context. `rows` are this model's item rows.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros(len(rows), dtype=np.float32)
+        if not self.uses_context:
+            return out
+        user_part = (self._context_w @ np.asarray(context.user, np.float32) if self._context_w is not None
+                     else np.zeros(self.dim, np.float32))
+        u = np.asarray(base, np.float32) + user_part
+        known = (rows >= 0) & (rows < len(self._item_out))
+        out[known] = self._item_out[rows[known]] @ user_part
+        if self._unknown_item is None:
+            return out
+        extra = np.zeros((len(rows), self.dim + 1), dtype=np.float32)
+        if self._item_context_w is not None:
+            extra += np.asarray(context.items, np.float32) @ self._item_context_w.T
+        if self._category is not None:
+            extra += self._category[np.asarray(context.categories, np.int64)]
+        extra[~known] += self._unknown_item
+        return out + extra[:, : self.dim] @ u + extra[:, self.dim]
+
+    def score(self, user_id: str, recent_items: Sequence[str], item_ids: Sequence[str],
+              context: ContextArrays | None = None) -> np.ndarray:
+        """Scores of `item_ids` for the user; items the model never saw get -inf.
+
+        With `context` (for these items, in this order) on a model that reads it, context is
+        added (`context_scores`) and items the model never saw are scored by their context.
+        """
         vec = self.user_vector(user_id, recent_items)
         rows = self.items.lookup(item_ids)
         known = (rows >= 0) & (rows < len(self._item_out))
-        out = np.full(len(rows), -np.inf, dtype=np.float32)
+        with_context = context is not None and self.uses_context
+        out = np.full(len(rows), 0.0 if with_context else -np.inf, dtype=np.float32)
         out[known] = self._item_out[rows[known]] @ vec + self._item_bias[rows[known]]
+        if with_context:
+            out += self.context_scores(vec, np.where(known, rows, -1), context)
         return out
 
     def clone(self) -> "SlowRanker":

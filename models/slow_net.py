@@ -87,7 +87,7 @@ class SlowRankerNet(nn.Module):
     @property
     def has_item_context(self) -> bool:
         """True if the item tower reads context (category and/or numeric item features)."""
-        return self.unknown_item is not None
+        return getattr(self, "unknown_item", None) is not None  # nets pickled before context: False
 
     def item_parts(self, items: torch.Tensor, item_context: torch.Tensor | None = None,
                    item_category: torch.Tensor | None = None,
@@ -138,8 +138,8 @@ class SlowRankerNet(nn.Module):
     def grow(self, n_users: int, n_items: int) -> "SlowRankerNet":
         """A copy with room for more users/items: old rows kept, new rows freshly initialised."""
         bigger = SlowRankerNet(max(n_users, self.n_users), max(n_items, self.n_items), self.dim,
-                               self.n_context, self.n_item_context,
-                               self.n_categories).to(self.item_out.weight.device)
+                               self.n_context, getattr(self, "n_item_context", 0),
+                               getattr(self, "n_categories", 0)).to(self.item_out.weight.device)
         with torch.no_grad():
             for name, param in self.state_dict().items():
                 target = bigger.state_dict()[name]
