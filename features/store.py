@@ -14,8 +14,11 @@
   second (never overwriting a newer value; at worst an update within the same second as
   another writer's is dropped until the key's next row). Rejected rows are counted in
   `rejected`.
+* `on_write(callback)` registers ``callback(view, keys)``, called with the keys whose online
+  rows a write (or `forget_user`) changed: what `features.context.FeatureContext` uses to keep
+  a cache exact.
 * `lookup(user_id, item_ids)` returns the user's features and the candidates' features as
-  aligned arrays, with defaults (`features.schema`) where the store has nothing; the number of
+  aligned arrays (`lookup_items` the items' alone), with defaults (`features.schema`) where the store has nothing; the number of
   entity reads per view and how many fell back to defaults are counted in `reads`/`missing`.
   It reads each view with the online store's `online_read` (one query per view):
   `FeatureStore.get_online_features` builds a row per candidate, converts every value twice
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -145,6 +149,15 @@ class FeatureStoreClient:
         self._views = {name: self.store.get_feature_view(name) for name in VIEWS}
         self._resolution_us = stored_time_resolution_us(self.store.config.online_store.type)
         self._written: dict[tuple[str, str], int] = {}
+        self._listeners: list[Callable[[str, list[str]], None]] = []
+
+    def on_write(self, callback: Callable[[str, list[str]], None]) -> None:
+        """Call ``callback(view, keys)`` after each online write with the keys it changed."""
+        self._listeners.append(callback)
+
+    def _changed(self, view: str, keys: list[str]) -> None:
+        for callback in self._listeners:
+            callback(view, keys)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -183,6 +196,7 @@ class FeatureStoreClient:
         self._write_online(view, latest)
         for k, ts in zip(latest[key], _micros(latest[TIMESTAMP])):
             self._written[(view, k)] = int(ts)
+        self._changed(view, latest[key].tolist())
         return len(latest)
 
     def _newest_known(self, view: str, keys: list[str]) -> list[int]:
@@ -227,6 +241,8 @@ class FeatureStoreClient:
             self._written.pop((view.name, user_id), None)
         self.aggregates.forget_user(user_id)
         self.attributes.forget("user_attributes", user_id)
+        for view in views:
+            self._changed(view.name, [user_id])
         logger.info("forgot user %s: %d online feature rows removed", user_id, removed)
         return removed
 
@@ -263,13 +279,18 @@ class FeatureStoreClient:
             columns, found = self._read(view.name, [user_id])
             user.update({f: col[0] for f, col in columns.items()})
             user_found[view.name] = bool(found[0])
+        items, items_found = self.lookup_items(item_ids)
+        return Context(user, items, user_found, items_found)
+
+    def lookup_items(self, item_ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Online features of `item_ids` (as `Context.items`) and per view a found mask."""
         items: dict[str, np.ndarray] = {}
         items_found: dict[str, np.ndarray] = {}
         for view in views_for("item_id"):
             columns, items_found[view.name] = self._read(view.name, item_ids)
             items.update({f: np.array(col, dtype=object if isinstance(view.defaults[f], str)
                                       else type(view.defaults[f])) for f, col in columns.items()})
-        return Context(user, items, user_found, items_found)
+        return items, items_found
 
     def _read(self, view: str, keys: list[str]) -> tuple[dict[str, list], np.ndarray]:
         """Values per feature (defaults where absent) and a found mask, aligned with `keys`."""
