@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import typer
 
@@ -26,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 
 # (command name, "module:function") — the command's own module stays import-light.
 COMMANDS: list[tuple[str, str]] = [
+    ("demo", "fastslow.demo_cli:demo_command"),
     ("synth", "evaluation.synth:synth_command"),
     ("broker", "infra.broker:broker_command"),
     ("replay", "evaluation.cli:replay_command"),
@@ -62,8 +64,10 @@ def _configure() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
         # third-party chatter (every Kafka connection, FAISS's CPU-feature probing) is debug detail
-        for noisy in ("kafka", "faiss.loader"):
+        for noisy in ("kafka", "faiss.loader", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow draws a progress bar per artifact it moves, many per model: noise in a terminal
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _single_threaded_faiss()
 
 
