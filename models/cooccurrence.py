@@ -28,22 +28,16 @@ def _resized(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
     return out
 
 
-def _add_rows(out: np.ndarray, matrix: sp.csr_matrix, rows: Sequence[int], weights: np.ndarray) -> None:
-    """out[j] += sum_h weights[h] * matrix[h, j] over `rows`, gathered straight from the CSR
-    arrays in a few vectorised steps (scipy's fancy row indexing builds a new matrix per call)."""
-    rows = np.asarray(rows, dtype=np.int64)
+def _gather(matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, weights[h] * values) of the entries of `rows`, read straight from the CSR arrays
+    in a few vectorised steps (scipy's fancy row indexing builds a new matrix per call)."""
     inside = rows < matrix.shape[0]
     rows, weights = rows[inside], weights[inside]
     starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
     lengths = ends - starts
     total = int(lengths.sum())
-    if not total:
-        return
     offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-    cols = matrix.indices[offsets]
-    vals = matrix.data[offsets] * np.repeat(weights, lengths)
-    keep = cols < len(out)
-    out += np.bincount(cols[keep], weights=vals[keep], minlength=len(out))[: len(out)]
+    return matrix.indices[offsets], matrix.data[offsets] * np.repeat(weights, lengths)
 
 
 class Cooccurrence:
@@ -161,19 +155,31 @@ class Cooccurrence:
                n: int | None = None) -> np.ndarray:
         """Dense vector of length `n`: sum over h in `rows` of weights[h] * C[h, :]."""
         n = self._size if n is None else n
+        rows = [int(h) for h in rows]
         w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
-        out = np.zeros(n, dtype=np.float64)
+        cols, vals = [], []
+        idx = np.asarray(rows, dtype=np.int64)
         for matrix in (self._base, self._delta):
             if matrix.nnz:
-                _add_rows(out, matrix, rows, w)
+                c, v = _gather(matrix, idx, w)
+                cols.append(c)
+                vals.append(v)
         if self._pending:
-            for h, wh in zip(rows, w):
+            more_cols, more_vals = [], []
+            for h, wh in zip(rows, w.tolist()):
                 entries = self._pending.get(h)
                 if entries:
-                    for j, c in entries.items():
-                        if j < n:
-                            out[j] += wh * c
-        return out
+                    more_cols.extend(entries.keys())
+                    more_vals.extend(c * wh for c in entries.values())
+            cols.append(np.asarray(more_cols, dtype=np.int64))
+            vals.append(np.asarray(more_vals, dtype=np.float64))
+        cols, vals = (np.concatenate(cols), np.concatenate(vals)) if cols else (None, None)
+        if cols is None or not len(cols):
+            return np.zeros(n)
+        if len(cols) and cols.max() >= n:
+            keep = cols < n
+            cols, vals = cols[keep], vals[keep]
+        return np.bincount(cols, weights=vals, minlength=n)[:n]
 
     def get(self, h: int, j: int) -> float:
         """One count C[h, j]."""
