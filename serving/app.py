@@ -143,8 +143,10 @@ def create_app(runtime: Runtime, api_key: str | None = None) -> FastAPI:
         reasons = runtime.readiness()
         body = {"ready": not reasons, "reasons": reasons, "model_version": runtime.champion_version,
                 "worker_assigned": runtime.worker.stats.assigned if runtime.worker is not None else None}
-        if runtime.watcher_error is not None:
-            body["warnings"] = [f"champion watcher: last poll failed: {runtime.watcher_error!r}"]
+        watcher = runtime.watcher
+        if watcher is not None and watcher.last_error is not None:
+            body["warnings"] = [f"champion watcher: {watcher.errors} polls failed so far, the last with "
+                                f"{watcher.last_error!r} (see the log)"]
         return JSONResponse(body, status_code=503 if reasons else 200)
 
     @app.get("/metrics")

@@ -4,8 +4,9 @@ Two kinds of metric live here:
 
 - observed by the serving code as things happen: request latency per route, freshness per
   worker batch, events accepted by ``POST /events``, users deleted, champion reloads;
-- read at scrape time from the worker's counters (`streaming.worker_stats.WorkerStats`) and
-  the feature store client (`WorkerCollector`), so nothing is counted twice.
+- read at scrape time from the worker's counters (`streaming.worker_stats.WorkerStats`), the
+  champion watcher's (`consolidation.reload.ChampionWatcher`) and the feature store client's
+  (`SourceCollector`), so nothing is counted twice.
 
 Names (all prefixed ``fastslow_``):
 
@@ -20,7 +21,7 @@ users_deleted_total                      counter    ``DELETE /users/{id}`` calls
 freshness_seconds                        histogram  Kafka timestamp of a batch's last record to the
                                                     end of its apply (one observation per batch)
 champion_version                         gauge      registry version of the slow model serving
-champion_reloads_total                   counter    hot reloads done
+champion_reloads_total                   counter    hot reloads done (by the champion watcher)
 champion_reload_failures_total           counter    watcher polls that failed (see the log)
 events_consumed_total                    counter    messages the in-process worker read
 events_applied_total                     counter    events it learned
@@ -34,8 +35,10 @@ total                                               fell back to defaults (when 
 
 >>> metrics = ServingMetrics()
 >>> metrics.champion_version.set(3)
->>> "fastslow_champion_version 3.0" in metrics.render().decode()
-True
+>>> metrics.watch(lambda: {"worker": None, "watcher": None, "features": None})
+>>> text = metrics.render().decode()
+>>> "fastslow_champion_version 3.0" in text, "fastslow_champion_reloads_total 0.0" in text
+(True, True)
 """
 
 from __future__ import annotations
@@ -70,23 +73,21 @@ class ServingMetrics:
                                    "record to the end of its apply", buckets=FRESHNESS_BUCKETS, registry=r)
         self.champion_version = Gauge("fastslow_champion_version", "Registry version of the slow model "
                                       "serving (0: not from the registry)", registry=r)
-        self.champion_reloads = Counter("fastslow_champion_reloads", "Champion hot reloads", registry=r)
-        self.champion_reload_failures = Counter("fastslow_champion_reload_failures",
-                                                "Champion watcher polls that failed", registry=r)
 
-    def watch(self, source: Callable[[], tuple[Any, Any]]) -> None:
-        """Also report the worker's counters and the feature store's, read from ``source()``."""
-        self.registry.register(WorkerCollector(source))
+    def watch(self, source: Callable[[], dict[str, Any]]) -> None:
+        """Also report counters of the worker, watcher and feature store that ``source()`` names."""
+        self.registry.register(SourceCollector(source))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
 
-class WorkerCollector(Collector):
-    """Worker and feature-store counters, read when scraped.
+class SourceCollector(Collector):
+    """Worker, champion watcher and feature-store counters, read when scraped.
 
-    ``source()`` returns ``(WorkerStats or None, FeatureStoreClient or None)``.
+    ``source()`` returns ``{"worker": WorkerStats, "watcher": ChampionWatcher, "features":
+    FeatureStoreClient}``, each possibly None.
     """
 
     def __init__(self, source: Callable[[], tuple[Any, Any]]) -> None:
@@ -96,11 +97,16 @@ class WorkerCollector(Collector):
         return []  # the families depend on what exists at scrape time
 
     def collect(self) -> Iterator[Metric]:
-        stats, features = self.source()
-        if stats is not None:
-            yield from _worker_families(stats)
-        if features is not None:
-            yield from _feature_families(features)
+        sources = self.source()
+        watcher = sources.get("watcher")
+        yield CounterMetricFamily("fastslow_champion_reloads", "Champion hot reloads",
+                                  value=watcher.applied if watcher is not None else 0)
+        yield CounterMetricFamily("fastslow_champion_reload_failures", "Champion watcher polls that failed",
+                                  value=watcher.errors if watcher is not None else 0)
+        if sources.get("worker") is not None:
+            yield from _worker_families(sources["worker"])
+        if sources.get("features") is not None:
+            yield from _feature_families(sources["features"])
 
 
 def _worker_families(stats: Any) -> Iterator[Metric]:

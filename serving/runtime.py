@@ -8,10 +8,11 @@
   `Worker.lock`, the lock the worker holds while learning. The worker restores its snapshot
   at start, which may replace the model object: `Runtime.model` always answers the current one.
 - **A Kafka producer** for ``POST /events`` (keyed by user, like `streaming.producer`).
-- **A champion watcher** thread: every ``poll_interval_s`` it asks the registry for the
-  champion's version (`consolidation.registry.ModelRegistry.champion_version`, one cheap
-  query) and after a promotion or rollback loads the new ranker (outside the lock) and swaps
-  it in with ``model.use_ranker(new, keep_fast=0.0)`` under the lock, between two requests.
+- **A champion watcher** (`consolidation.reload.ChampionWatcher`): every ``poll_interval_s``
+  it asks the registry for the champion's version (one cheap query) and after a promotion or
+  rollback loads the new ranker (outside the lock) and swaps it in with
+  ``model.use_ranker(new, keep_fast=0.0)`` under the lock, between two requests. A worker
+  snapshot restored at start that holds another slow model is rebased the same way.
 - **Deleted users** (`forget_user`): their fast state and memory entries, their online
   features, and a tombstone in ``<data_dir>/deleted_users.txt`` that consolidation reads
   (`serving.deletion.DeletedUsers`). Tombstoned ids stay deleted: events for them are
@@ -44,8 +45,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from fastslow.errors import FastslowError
 from serving.deletion import FILE_NAME as DELETED_USERS_FILE
@@ -122,16 +121,17 @@ class Runtime:
         self.worker_options = dict(worker_options or {})
         self.metrics = ServingMetrics()
         self.metrics.champion_version.set(champion_version or 0)
-        self.metrics.watch(lambda: (self.worker.stats if self.worker is not None else None, self.features))
+        self.metrics.watch(lambda: {"worker": self.worker.stats if self.worker is not None else None,
+                                    "features": self.features, "watcher": self.watcher})
         self.worker: Worker | None = None
         self.worker_error: BaseException | None = None
-        self.watcher_error: BaseException | None = None
+        self.watcher = None
+        """The `consolidation.reload.ChampionWatcher` while running with a registry."""
         self._model = model
         self._own_lock = threading.RLock()
         self._feature_lock = threading.Lock()
         self._producer = None
         self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
         self.deleted = DeletedUsers(self.data_dir / DELETED_USERS_FILE)
         self._broker = BrokerProbe(bootstrap) if bootstrap is not None else None
 
@@ -180,7 +180,11 @@ class Runtime:
             if self.consume:
                 self._start_worker()
             if self.registry is not None:
-                self._spawn("champion-watcher", self._watch)
+                from consolidation.reload import ChampionWatcher
+
+                self.watcher = ChampionWatcher(self.registry, self._apply_champion, self.poll_interval_s,
+                                               current=self.champion_version)
+                self.watcher.start()
         except BaseException:
             self.stop()
             raise
@@ -188,10 +192,11 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop the watcher and the worker (which commits and snapshots), close the producer."""
-        self._stopping.set()
         if self.worker is not None:
             self.worker.stop()
         try:
+            if self.watcher is not None:
+                self.watcher.stop()
             for thread in self._threads:
                 thread.join()
         finally:
@@ -247,13 +252,15 @@ class Runtime:
         A different one means a promotion happened since the snapshot, so the fast state is
         rebased as the watcher would have done (``keep_fast=0.0``).
         """
-        old, new = worker.model.slow_model, self._model.slow_model
-        if old.items.ids() == new.items.ids() and np.array_equal(old.item_vectors, new.item_vectors):
+        from consolidation.reload import KEEP_FAST
+        from streaming.champion import same_slow_model
+
+        if same_slow_model(worker.model.slow_model, self._model.slow_model):
             return
         logger.info("worker snapshot holds another slow model than champion v%s: swapping it in",
                     self.champion_version)
         with worker.lock:
-            worker.model.use_ranker(new, keep_fast=0.0)
+            worker.model.use_ranker(self._model.slow_model, keep_fast=KEEP_FAST)
 
     def _after_batch(self, report) -> None:
         """Worker thread, after each batch: freshness, and deleted users applied again forgotten."""
@@ -268,31 +275,14 @@ class Runtime:
 
     # -- the champion watcher --------------------------------------------------------------
 
-    def _watch(self) -> None:
-        while not self._stopping.wait(self.poll_interval_s):
-            try:
-                self.poll_champion()
-                self.watcher_error = None
-            except Exception as exc:  # noqa: BLE001 -- a registry hiccup must not end hot reloads;
-                self.watcher_error = exc  # it is logged, counted and shown by /readyz
-                self.metrics.champion_reload_failures.inc()
-                logger.warning("champion poll failed (retried in %.1f s): %r", self.poll_interval_s, exc)
+    def _apply_champion(self, version: int, ranker) -> None:
+        """The watcher's ``apply``: swap ``ranker`` in between two requests, record its version."""
+        from consolidation.reload import KEEP_FAST
 
-    def poll_champion(self) -> bool:
-        """Swap in the registry's champion if it changed; True if it did."""
-        found = self.registry.load_if_changed(self.champion_version)
-        if found is None:
-            return False
-        version, ranker = found
-        started = time.perf_counter()
         with self.lock:
-            self.model.use_ranker(ranker, keep_fast=0.0)
-            previous, self.champion_version = self.champion_version, version
+            self.model.use_ranker(ranker, keep_fast=KEEP_FAST)
+            self.champion_version = version
         self.metrics.champion_version.set(version)
-        self.metrics.champion_reloads.inc()
-        logger.info("champion v%s -> v%d swapped in (%.0f ms under the lock)", previous, version,
-                    (time.perf_counter() - started) * 1000)
-        return True
 
     # -- requests --------------------------------------------------------------------------
 

@@ -36,8 +36,8 @@ def _history(runtime: Runtime, user: str) -> list[str]:
 
 
 def _kafka_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name in ("worker", "champion-watcher")
-            or t.name.startswith(("kafka", "uvicorn"))}
+    return {t.name for t in threading.enumerate() if t.name == "worker"
+            or t.name.startswith(("kafka", "uvicorn", "champion-watcher"))}
 
 
 @pytest.mark.slow
