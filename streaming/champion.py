@@ -4,8 +4,8 @@ The slow ranker is the version holding the ``champion`` alias in the MLflow regi
 (`consolidation.registry.ModelRegistry`); the worker puts the fast path on top of it and learns
 every event. Without a champion there is nothing to put the fast path on: `NoChampionModel`
 says how to make one (``fastslow consolidate --events LOG`` trains and promotes the first).
-`ChampionWatcher` keeps a running worker on the champion: a restored snapshot holding an
-older slow model, and every later promotion, are swapped in.
+`reconcile` puts a restarted worker whose snapshot holds an older slow model on the champion;
+`consolidation.reload.ChampionWatcher` then swaps in every later promotion.
 
 Import-light: mlflow, torch and faiss are imported when a champion is loaded.
 
@@ -69,74 +69,19 @@ def same_slow_model(a, b) -> bool:
     return a.items.ids() == b.items.ids() and np.array_equal(a.item_vectors, b.item_vectors)
 
 
-class ChampionWatcher:
-    """Keeps a worker's FastSlow on the registry's champion: after a restart and on promotions.
+def reconcile(worker, version: int, ranker) -> bool:
+    """After `Worker.start`: serve champion ``ranker`` if a restored snapshot holds another slow model.
 
-    `reconcile` (after `Worker.start`, which may have restored a snapshot holding an older
-    slow model) and every poll swap a different champion in with
-    ``model.use_ranker(ranker, keep_fast=0.0)`` under the worker's lock: the fast state is
-    rebased, since the new slow model absorbed what it had learnt. A poll is one alias lookup
-    (`ModelRegistry.load_if_changed`); a failed poll is logged and retried at the next one.
-
-    Parameters
-    ----------
-    registry
-        The `consolidation.registry.ModelRegistry` to watch.
-    version, ranker
-        The champion the worker's model was built on.
-    worker
-        A started `streaming.worker.Worker` whose model is a FastSlow.
-    interval_s
-        Seconds between polls.
+    The snapshot was taken before a promotion, so its FastSlow is rebased onto the champion
+    the worker was started with (``use_ranker(ranker, keep_fast=0.0)`` under the worker's lock,
+    as `consolidation.reload.apply_to` does on a hot reload). Returns whether it swapped.
     """
+    from consolidation.reload import KEEP_FAST
 
-    def __init__(self, registry, version: int, ranker, worker, interval_s: float = 5.0) -> None:
-        import threading
-
-        self.registry, self.version, self.ranker = registry, version, ranker
-        self.worker, self.interval_s = worker, interval_s
-        self.swaps = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="champion-watcher", daemon=True)
-
-    def reconcile(self) -> bool:
-        """Swap the champion in if the worker's model serves another slow model; True if swapped."""
-        if same_slow_model(self.worker.model.slow_model, self.ranker):
-            return False
-        logger.info("the worker's snapshot holds another slow model than champion v%d: swapping it in",
-                    self.version)
-        self._swap(self.ranker)
-        return True
-
-    def poll(self) -> bool:
-        """Swap in the registry's champion if it changed since the last poll; True if it did."""
-        found = self.registry.load_if_changed(self.version)
-        if found is None:
-            return False
-        previous, (self.version, self.ranker) = self.version, found
-        self._swap(self.ranker)
-        logger.info("champion v%d -> v%d swapped into worker %s", previous, self.version, self.worker.worker_id)
-        return True
-
-    def _swap(self, ranker) -> None:
-        with self.worker.lock:
-            self.worker.model.use_ranker(ranker, keep_fast=0.0)
-        self.swaps += 1
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.poll()
-            except Exception as exc:  # noqa: BLE001 -- a registry hiccup must not end hot reloads
-                logger.warning("champion poll failed (retried in %.1f s): %r", self.interval_s, exc)
-
-    def start(self) -> ChampionWatcher:
-        """`reconcile`, then poll on a thread until `stop`."""
-        self.reconcile()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
+    if same_slow_model(worker.model.slow_model, ranker):
+        return False
+    logger.info("worker %s restored a snapshot holding another slow model than champion v%d: swapping it in",
+                worker.worker_id, version)
+    with worker.lock:
+        worker.model.use_ranker(ranker, keep_fast=KEEP_FAST)
+    return True

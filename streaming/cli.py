@@ -143,7 +143,7 @@ def worker_command(
     _quiet_kafka(settings.log_level)
     bootstrap = resolve_bootstrap(bootstrap_servers, settings.kafka_bootstrap)
     try:
-        recommender, watcher = worker_model(model, settings, data_dir or settings.data_dir)
+        recommender, watch = worker_model(model, settings, data_dir or settings.data_dir)
     except FastslowError as exc:  # no champion yet, or an unknown --model
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -158,8 +158,7 @@ def worker_command(
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with worker:
-                if watcher is not None:  # after start: it may have restored a snapshot
-                    watcher = watcher(worker).start()
+                watcher = watch(worker) if watch is not None else None  # after start: it may have restored
                 try:
                     while not worker.run(timeout=stats_interval):
                         logger.info("worker %s", json.dumps(worker.stats.as_dict()))
@@ -176,21 +175,34 @@ def worker_command(
 
 
 def worker_model(spec: str, settings, data_dir: Path):
-    """The worker's model, and for ``champion`` a factory of its `ChampionWatcher` (else None).
+    """The worker's model, and for ``champion`` a function starting its champion watcher (else None).
 
     ``champion``: FastSlow over the registry's champion, from the ``mlflow_tracking_uri``
-    setting or by default the registry in ``data_dir`` (where `fastslow consolidate` puts it);
-    the watcher (``watcher(worker)``) keeps it on the champion. Anything else: `make_model`.
+    setting or by default the registry in ``data_dir`` (where `fastslow consolidate` puts it).
+    ``watch(worker)``, called once the worker started (and maybe restored a snapshot), puts it
+    on that champion (`streaming.champion.reconcile`) and returns the running
+    `consolidation.reload.ChampionWatcher` that swaps in later promotions. Anything else: `make_model`.
     """
     if spec != DEFAULT_MODEL:
         return make_model(spec), None
     from consolidation.registry import ModelRegistry, default_tracking_uri
-    from streaming.champion import ChampionWatcher, champion_fastslow
+    from streaming.champion import champion_fastslow
 
     tracking_uri = settings.mlflow_tracking_uri or default_tracking_uri(data_dir)
     version, model = champion_fastslow(tracking_uri, settings.model_name)
     registry, ranker = ModelRegistry(tracking_uri, settings.model_name), model.slow_model
-    return model, lambda worker: ChampionWatcher(registry, version, ranker, worker, settings.champion_poll_s)
+
+    def watch(worker):
+        from consolidation.reload import ChampionWatcher, apply_to
+        from streaming.champion import reconcile
+
+        reconcile(worker, version, ranker)
+        watcher = ChampionWatcher(registry, apply_to(worker.model, worker.lock), settings.champion_poll_s,
+                                  current=version)
+        watcher.start()
+        return watcher
+
+    return model, watch
 
 
 def make_model(spec: str):

@@ -24,11 +24,12 @@ from consolidation_fixtures import fresh_tracking_uri
 from typer.testing import CliRunner
 
 from consolidation.registry import ModelRegistry
+from consolidation.reload import ChampionWatcher, apply_to
 from evaluation.synth import SynthConfig, generate
 from evaluation.synth_truth import SynthTruth
 from models.fastslow import FastSlow
 from models.slow import SlowRanker
-from streaming.champion import ChampionWatcher, champion_fastslow, same_slow_model
+from streaming.champion import champion_fastslow, reconcile, same_slow_model
 from streaming.kafka import make_producer
 from streaming.partitioning import partition_of
 from streaming.producer import produce_events
@@ -253,12 +254,15 @@ def test_a_champion_worker_serves_the_champion_after_a_restart_and_after_each_pr
     assert version == v2
     with _worker(broker, topic, dlq, model, tmp_path, group) as worker:
         assert same_slow_model(worker.model.slow_model, world.champion)  # the snapshot's v1, restored
-        watcher = ChampionWatcher(registry, version, model.slow_model, worker, interval_s=0.1).start()
+        assert reconcile(worker, version, model.slow_model)
+        assert same_slow_model(worker.model.slow_model, retrained)
+        assert len(worker.model.users()) > 0  # the users' fast state stayed (rebased)
+        assert not reconcile(worker, version, model.slow_model)
+        watcher = ChampionWatcher(registry, apply_to(worker.model, worker.lock), 0.1, current=version)
+        watcher.start()
         try:
-            assert same_slow_model(worker.model.slow_model, retrained) and watcher.swaps == 1
-            assert len(worker.model.users()) > 0  # the users' fast state stayed (rebased)
             _promote(registry, world.champion)
-            wait_for(lambda: watcher.swaps == 2, 30, "the watcher to swap in the new champion")
+            wait_for(lambda: watcher.applied == 1, 30, "the watcher to swap in the new champion")
             assert same_slow_model(worker.model.slow_model, world.champion) and watcher.version == v2 + 1
             _send(broker, topic, events.slice(500, 100))
             assert worker.run(until=lambda: worker.stats.events_applied == 100, timeout=30)
