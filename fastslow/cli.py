@@ -68,15 +68,6 @@ def _configure() -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     # MLflow draws a progress bar per artifact it moves, many per model: noise in a terminal
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    _single_threaded_faiss()
-
-
-def _single_threaded_faiss() -> None:
-    """One FAISS thread: our searches are one query at a time, where threads only wait on each
-    other (a 100k flat search: ~1 ms with 1 thread, ~20 ms with 2 on a busy 2-core machine)."""
-    from models.memory import set_faiss_threads
-
-    set_faiss_threads(1)
 
 
 for _name, _target in COMMANDS:
@@ -88,5 +79,13 @@ for _name, _target in GROUPS:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    OpenMP defaults to one thread per calling thread unless OMP_NUM_THREADS says otherwise:
+    FAISS searches one query at a time, where threads only wait on each other (a 100k flat
+    search: ~1 ms with 1 thread, ~20 ms with 2 on a busy 2-core machine), and the setting must
+    be in the environment before FAISS or torch start their OpenMP runtimes, because
+    `faiss.omp_set_num_threads` only changes the thread that calls it.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     app()

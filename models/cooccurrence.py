@@ -68,6 +68,8 @@ class Cooccurrence:
     >>> t.add_pairs(np.array([1, 1]), np.array([0, 2]), np.array([1.0, 1.0]))   # bulk
     >>> t.scores([1], n=3).tolist()
     [1.0, 0.0, 1.5]
+    >>> [a.tolist() for a in t.sparse_scores([1])]
+    [[0, 2], [1.0, 1.5]]
     """
 
     def __init__(self, merge_every: int = 4096, symmetric: bool = True) -> None:
@@ -151,10 +153,8 @@ class Cooccurrence:
             self._base = (_resized(self._base, n) + _resized(self._delta, n)).tocsr()
             self._delta = sp.csr_matrix((n, n), dtype=np.float64)
 
-    def scores(self, rows: Sequence[int], weights: Sequence[float] | None = None,
-               n: int | None = None) -> np.ndarray:
-        """Dense vector of length `n`: sum over h in `rows` of weights[h] * C[h, :]."""
-        n = self._size if n is None else n
+    def _entries(self, rows: Sequence[int], weights: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, weighted values) of every stored entry of `rows`, duplicates not summed."""
         rows = [int(h) for h in rows]
         w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
         cols, vals = [], []
@@ -173,12 +173,29 @@ class Cooccurrence:
                     more_vals.extend(c * wh for c in entries.values())
             cols.append(np.asarray(more_cols, dtype=np.int64))
             vals.append(np.asarray(more_vals, dtype=np.float64))
-        cols, vals = (np.concatenate(cols), np.concatenate(vals)) if cols else (None, None)
-        if cols is None or not len(cols):
-            return np.zeros(n)
+        if not cols:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.concatenate(cols).astype(np.int64, copy=False), np.concatenate(vals)
+
+    def sparse_scores(self, rows: Sequence[int], weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """sum over h in `rows` of weights[h] * C[h, :], as (sorted columns, values) of its
+        non-zero entries: the cost follows the rows' entries, not the catalogue's size."""
+        cols, vals = self._entries(rows, weights)
+        if not len(cols):
+            return cols, vals
+        unique, inverse = np.unique(cols, return_inverse=True)
+        return unique, np.bincount(inverse, weights=vals, minlength=len(unique))
+
+    def scores(self, rows: Sequence[int], weights: Sequence[float] | None = None,
+               n: int | None = None) -> np.ndarray:
+        """Dense vector of length `n`: sum over h in `rows` of weights[h] * C[h, :]."""
+        n = self._size if n is None else n
+        cols, vals = self._entries(rows, weights)
         if len(cols) and cols.max() >= n:
             keep = cols < n
             cols, vals = cols[keep], vals[keep]
+        if not len(cols):
+            return np.zeros(n)
         return np.bincount(cols, weights=vals, minlength=n)[:n]
 
     def get(self, h: int, j: int) -> float:

@@ -32,7 +32,7 @@ from models.fast import FastWeights, UserState
 from models.gate import FAST_SIGNALS, Gate
 from models.item_index import ItemIndex
 from models.memory import EpisodicMemory
-from models.scorer import VERBS, Scored, Signals, candidate_features, reason_for, top_positive
+from models.scorer import VERBS, Scored, Signals, Sparse, candidate_features, reason_for, top_positive
 from models.slow import SlowRanker
 from models.stream_stats import StreamStats
 from models.vocab import Vocab
@@ -153,6 +153,7 @@ class FastSlow(Recommender):
         self._index = ItemIndex()
         self._users = Vocab()
         self._mem_ids: dict[int, deque[int]] = {}         # user row -> its memory entry ids, oldest first
+        self._forgotten: set[str] = set()                   # deleted users: the slow model's vector is ignored
         self._slow_rows = np.zeros(0, dtype=np.int64)     # fast item row -> slow row (-1 unknown)
         self._fast_rows = np.zeros(0, dtype=np.int64)     # slow row -> fast item row (-1 unseen)
         self._queue: list[tuple] = []
@@ -170,15 +171,22 @@ class FastSlow(Recommender):
         """The slow ranker currently serving."""
         return self._ranker
 
-    def use_ranker(self, ranker: SlowRanker, keep_fast: float = 1.0) -> None:
-        """Serve with `ranker` from now on: remap items, rebuild the item index, rebase fast state.
+    @staticmethod
+    def index_for(ranker: SlowRanker) -> ItemIndex:
+        """The item index `use_ranker` needs for `ranker`. Building it takes seconds for large
+        catalogues and does not touch the model, so callers build it before taking the lock."""
+        return ItemIndex().build(ranker.item_vectors)
+
+    def use_ranker(self, ranker: SlowRanker, keep_fast: float = 1.0, index: ItemIndex | None = None) -> None:
+        """Serve with `ranker` from now on: remap items, swap in its item index, rebase fast state.
 
         `keep_fast` scales every fast vector (0.0 after a consolidation that absorbed them,
-        so what the slow model learned is not counted twice).
+        so what the slow model learned is not counted twice). `index` is `index_for(ranker)`
+        when the caller built it already.
         """
         self.flush()
         self._ranker = ranker
-        self._index.build(ranker.item_vectors)
+        self._index = index if index is not None else self.index_for(ranker)
         n_slow = len(ranker.items)
         self._slow_rows = np.full(max(1024, self._stats.n_items), -1, dtype=np.int64)
         self._slow_rows[: self._stats.n_items] = ranker.items.lookup(self._stats.items.ids())
@@ -208,6 +216,15 @@ class FastSlow(Recommender):
             self._slow_rows[row] = slow_row
             self._fast_rows[slow_row] = row
 
+    def _slow_user(self, user_id: str) -> int:
+        """The user's row in the slow model; -1 for users it never saw and for forgotten users,
+        whose learned vector must not shape their lists any more."""
+        return -1 if user_id in self._forgotten else self._ranker.users.get(user_id)
+
+    def slow_knows(self, user_id: str) -> bool:
+        """Whether the slow model has a learned vector it uses for this user."""
+        return self._slow_user(user_id) >= 0
+
     def _recent(self, user_id: str) -> np.ndarray:
         state = self._fast.get(user_id)
         return np.frombuffer(state.recent, dtype=np.int64) if state is not None and len(state.recent) \
@@ -216,7 +233,7 @@ class FastSlow(Recommender):
     def _user_vector(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(slow user vector, fast vector) for the user now."""
         recent = self._recent(user_id)
-        base = self._ranker.user_vector_rows(self._ranker.users.get(user_id), self._slow_rows[recent])
+        base = self._ranker.user_vector_rows(self._slow_user(user_id), self._slow_rows[recent])
         return base, self._fast.vector(user_id, self.clock)
 
     # ------------------------------------------------------------------ learning
@@ -297,7 +314,7 @@ class FastSlow(Recommender):
         ranker = self._ranker
         users = [q[0] for q in wave]
         times = np.array([q[3] for q in wave])
-        base = ranker.user_vectors_rows(np.array([ranker.users.get(u) for u in users]),
+        base = ranker.user_vectors_rows(np.array([self._slow_user(u) for u in users]),
                                         [self._slow_rows[q[6]] for q in wave])
         slow_rows = self._slow_rows[np.array([q[2] for q in wave])]
         learnable = np.flatnonzero(slow_rows >= 0)
@@ -334,8 +351,7 @@ class FastSlow(Recommender):
         base, fast_vec = self._user_vector(user_id)
         recent = self._recent(user_id)
         stats = self._stats
-        cooc = stats.cooccurrence_scores(recent)
-        mem_rows, mem_weight, strength = np.zeros(0, np.int64), np.zeros(0), 0.0
+        memory, strength = Sparse(np.zeros(0, np.int64), np.zeros(0)), 0.0
         if len(self._memory):
             # other users' moments: the user's own recent items are already in cooc/transitions
             hits = self._memory.search(_unit((base + fast_vec)[None, :])[0], 2 * self.memory_k)
@@ -343,14 +359,15 @@ class FastSlow(Recommender):
             age = np.maximum(self.clock - hits.times[others], 0.0)
             weight = np.clip(hits.scores[others], 0.0, None) * np.power(0.5, age / self.memory_half_life)
             mem_rows, inverse = np.unique(hits.items[others], return_inverse=True)
-            mem_weight = np.bincount(inverse, weights=weight, minlength=len(mem_rows))
+            memory = Sparse(mem_rows, np.bincount(inverse, weights=weight, minlength=len(mem_rows)))
             strength = float(weight.sum())
-        return Signals(base, fast_vec, cooc, stats.transition_scores(recent),
-                       lambda rows: stats.recent_popularity(self.clock, rows), mem_rows, mem_weight, strength)
+        return Signals(base, fast_vec, Sparse(*stats.cooccurrence_scores(recent)),
+                       Sparse(*stats.transition_scores(recent)),
+                       lambda rows: stats.recent_popularity(self.clock, rows), memory, strength)
 
     def _candidates(self, sig: Signals) -> np.ndarray:
-        parts = [top_positive(sig.cooc, self.signal_candidates), top_positive(sig.trans, self.signal_candidates),
-                 sig.mem_rows, self._trending()]
+        parts = [sig.cooc.top(self.signal_candidates), sig.trans.top(self.signal_candidates),
+                 sig.memory.rows, self._trending()]
         if len(self._index):
             slow_rows, _ = self._index.search(sig.base + sig.fast_vec, self.ann_candidates)
             rows = self._fast_rows[slow_rows]
@@ -371,10 +388,10 @@ class FastSlow(Recommender):
             1.0,
             np.log1p(state.events) / 5.0 if state is not None else 0.0,
             np.log1p(max(self.clock - state.updated, 0.0)) / 15.0 if state is not None else 1.0,
-            np.log1p(sig.cooc.max(initial=0.0)) / 5.0,
-            np.log1p(sig.trans.max(initial=0.0)) / 5.0,
+            np.log1p(sig.cooc.strength) / 5.0,
+            np.log1p(sig.trans.strength) / 5.0,
             np.log1p(sig.mem_strength) / 3.0,
-            1.0 if self._ranker.users.get(user_id) >= 0 else 0.0,
+            1.0 if self._slow_user(user_id) >= 0 else 0.0,
             float((self._slow_rows[recent] >= 0).mean()) if len(recent) else 0.0,
         ])
 
@@ -499,9 +516,15 @@ class FastSlow(Recommender):
         self._map_item(row)
         return row
 
-    def forget_users(self, user_ids: Collection[str]) -> None:
-        """Drop every trace of these users' per-user state: fast state and memory entries."""
+    def forget_users(self, user_ids: Collection[str], deleted: bool = False) -> None:
+        """Drop every trace of these users' per-user state: fast state and memory entries.
+
+        `deleted` (the user asked to be forgotten, not a partition moving away) also stops the
+        slow model's learned vector for them from being used, now and after any model swap.
+        """
         self.flush()
+        if deleted:
+            self._forgotten.update(user_ids)
         rows = [self._users.get(u) for u in user_ids]
         for user_id in user_ids:
             self._fast.forget(user_id)

@@ -19,17 +19,52 @@ from models.gate import FAST_SIGNALS, normalise
 
 
 @dataclass
+class Sparse:
+    """A signal's non-zero entries: sorted item rows and their values."""
+
+    rows: np.ndarray
+    values: np.ndarray
+
+    def top(self, k: int) -> np.ndarray:
+        """Rows of the (at most) k largest values, in no particular order.
+
+        >>> sorted(Sparse(np.array([1, 3, 5]), np.array([3.0, 1.0, 2.0])).top(2).tolist())
+        [1, 5]
+        """
+        if len(self.rows) <= k:
+            return self.rows
+        return self.rows[np.argpartition(-self.values, k - 1)[:k]]
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """Values at sorted `rows` (0 where the signal has nothing).
+
+        >>> Sparse(np.array([2, 7]), np.array([0.5, 0.9])).at(np.array([1, 4, 7])).tolist()
+        [0.0, 0.0, 0.9]
+        """
+        out = np.zeros(len(rows))
+        if len(self.rows) and len(rows):
+            pos = np.searchsorted(rows, self.rows).clip(max=len(rows) - 1)
+            ok = rows[pos] == self.rows
+            out[pos[ok]] = self.values[ok]
+        return out
+
+    @property
+    def strength(self) -> float:
+        """The largest value (0 when empty)."""
+        return float(self.values.max()) if len(self.values) else 0.0
+
+
+@dataclass
 class Signals:
-    """Raw per-request signals over the whole catalogue (dense) plus memory hits (sparse)."""
+    """Raw per-request signals: the user's vectors, sparse item signals and memory hits."""
 
     base: np.ndarray
     fast_vec: np.ndarray
-    cooc: np.ndarray
-    trans: np.ndarray
+    cooc: Sparse
+    trans: Sparse
     popularity: Callable[[np.ndarray], np.ndarray]
     """Recent popularity of the given item rows."""
-    mem_rows: np.ndarray
-    mem_weight: np.ndarray
+    memory: Sparse
     mem_strength: float
 
 
@@ -52,29 +87,13 @@ class Scored:
 
 
 def top_positive(signal: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the (at most) k largest strictly positive entries, in no particular order.
+    """Rows of the (at most) k largest strictly positive entries of a dense signal, unordered.
 
     >>> sorted(top_positive(np.array([0.0, 3.0, 1.0, 2.0]), 2).tolist())
     [1, 3]
     """
     nz = np.flatnonzero(signal > 0)
-    if len(nz) > k:
-        nz = nz[np.argpartition(-signal[nz], k - 1)[:k]]
-    return nz
-
-
-def merge_memory(rows: np.ndarray, mem_rows: np.ndarray, mem_weight: np.ndarray) -> np.ndarray:
-    """Memory weight aligned with sorted candidate `rows` (0 where memory had nothing).
-
-    >>> merge_memory(np.array([1, 4, 7]), np.array([7, 2]), np.array([0.5, 0.9])).tolist()
-    [0.0, 0.0, 0.5]
-    """
-    out = np.zeros(len(rows))
-    if len(mem_rows) and len(rows):
-        pos = np.searchsorted(rows, mem_rows).clip(max=len(rows) - 1)
-        ok = rows[pos] == mem_rows
-        out[pos[ok]] = mem_weight[ok]
-    return out
+    return Sparse(nz, signal[nz]).top(k)
 
 
 def candidate_features(rows: np.ndarray, sig: Signals, slow_rows: np.ndarray, item_vectors: np.ndarray,
@@ -91,9 +110,9 @@ def candidate_features(rows: np.ndarray, sig: Signals, slow_rows: np.ndarray, it
     fw_raw[known] = vectors @ sig.fast_vec
     columns = {
         "fast_weights": fw_raw,
-        "cooccurrence": sig.cooc[rows],
-        "transition": sig.trans[rows],
-        "memory": merge_memory(rows, sig.mem_rows, sig.mem_weight),
+        "cooccurrence": sig.cooc.at(rows),
+        "transition": sig.trans.at(rows),
+        "memory": sig.memory.at(rows),
         "recent_popularity": np.log1p(sig.popularity(rows)),
     }
     fast = np.column_stack([normalise(columns[name]) for name in FAST_SIGNALS])

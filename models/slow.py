@@ -430,18 +430,21 @@ class SlowRanker:
         vec[ok] += self._user_emb[users[ok]]
         return vec.astype(np.float32)
 
-    def context_scores(self, base: np.ndarray, rows: np.ndarray, context: ContextArrays) -> np.ndarray:
+    def context_scores(self, base: np.ndarray, rows: np.ndarray, context: ContextArrays,
+                       item_parts: np.ndarray | None = None) -> np.ndarray:
         """What context adds to each candidate's slow score, given the id-only user vector `base`.
 
         With ``u = base + C @ context.user`` (the user tower's context part) and each item's
-        context part ``(e_j, b_j)`` (category embedding + projection of its numeric features),
+        context part ``(e_j, b_j)`` (`item_context_parts`),
 
         - for an item row r >= 0: ``term = <u - base, item_out[r]> + <u, e_j> + b_j``, so
           ``<base, item_out[r]> + item_bias[r] + term`` is the full score;
-        - for r = -1 (no row: an item the model never trained on): the unknown-item vector
-          and bias are added, and ``term`` is the item's whole score (the id part is 0).
+        - for r = -1 (no row: an item the model never trained on): ``(e_j, b_j)`` include the
+          unknown-item vector and bias, and ``term`` is the item's whole score (no id part).
 
-        Returns zeros for a model without context. `rows` are this model's item rows.
+        Returns zeros for a model without context. `rows` are this model's item rows (-1 for
+        none). ``item_parts`` may pass `item_context_parts` computed before (for the same rows
+        and item context) when many requests score the same catalogue.
         """
         rows = np.asarray(rows, dtype=np.int64)
         out = np.zeros(len(rows), dtype=np.float32)
@@ -449,18 +452,31 @@ class SlowRanker:
             return out
         user_part = (self._context_w @ np.asarray(context.user, np.float32) if self._context_w is not None
                      else np.zeros(self.dim, np.float32))
-        u = np.asarray(base, np.float32) + user_part
         known = (rows >= 0) & (rows < len(self._item_out))
         out[known] = self._item_out[rows[known]] @ user_part
         if self._unknown_item is None:
             return out
-        extra = np.zeros((len(rows), self.dim + 1), dtype=np.float32)
+        if item_parts is None:
+            item_parts = self.item_context_parts(rows, context.items, context.categories)
+        u = np.asarray(base, np.float32) + user_part
+        return out + item_parts[:, : self.dim] @ u + item_parts[:, self.dim]
+
+    def item_context_parts(self, rows: np.ndarray, items: np.ndarray, categories: np.ndarray) -> np.ndarray:
+        """(N, dim + 1): each item's context vector (first dim columns) and context bias (last).
+
+        Category embedding + projection of the numeric features, plus the unknown-item part
+        for rows without an id (-1). Zeros for a model without item context.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        parts = np.zeros((len(rows), self.dim + 1), dtype=np.float32)
+        if self._unknown_item is None:
+            return parts
         if self._item_context_w is not None:
-            extra += np.asarray(context.items, np.float32) @ self._item_context_w.T
+            parts += np.asarray(items, np.float32) @ self._item_context_w.T
         if self._category is not None:
-            extra += self._category[np.asarray(context.categories, np.int64)]
-        extra[~known] += self._unknown_item
-        return out + extra[:, : self.dim] @ u + extra[:, self.dim]
+            parts += self._category[np.asarray(categories, np.int64)]
+        parts[(rows < 0) | (rows >= len(self._item_out))] += self._unknown_item
+        return parts
 
     def score(self, user_id: str, recent_items: Sequence[str], item_ids: Sequence[str],
               context: ContextArrays | None = None) -> np.ndarray:

@@ -121,19 +121,15 @@ class StreamStats:
         factor = math.pow(0.5, (now - self._pop_time) / self.popularity_half_life)
         return (self._pop[: self.n_items] if rows is None else self._pop[rows]) * factor
 
-    def cooccurrence_scores(self, recent: Sequence[int]) -> np.ndarray:
-        """Sum over the user's last `window` items of decay**age * C[h, j] / sqrt(n_j + 1)
-        (dense, per item row j; the item-kNN normalisation by the candidate's popularity)."""
+    def cooccurrence_scores(self, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Sum over the user's last `window` items of decay**age * C[h, j] / sqrt(n_j + 1), as
+        (item rows, scores) of the non-zero entries (the item-kNN normalisation by popularity)."""
         window = list(recent[-self.window:])
-        if not window:
-            return np.zeros(self.n_items)
-        raw = self.cooccurrence.scores(window, self.pair_weights(len(window), self.decay), n=self.n_items)
-        return raw * self._inv_sqrt[: self.n_items]
+        cols, vals = self.cooccurrence.sparse_scores(window, self.pair_weights(len(window), self.decay))
+        return cols, vals * self._inv_sqrt[cols]
 
-    def transition_scores(self, recent: Sequence[int]) -> np.ndarray:
-        """Sum over the last `transition_window` items of decay**age * T[h -> :] (dense)."""
+    def transition_scores(self, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Sum over the last `transition_window` items of decay**age * T[h -> j], as (item rows,
+        scores) of the non-zero entries."""
         short = list(recent[-self.transition_window:])
-        if not short:
-            return np.zeros(self.n_items)
-        return self.transitions.scores(short, self.pair_weights(len(short), self.transition_decay),
-                                       n=self.n_items)
+        return self.transitions.sparse_scores(short, self.pair_weights(len(short), self.transition_decay))

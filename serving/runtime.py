@@ -227,7 +227,7 @@ class Runtime:
             if worker.model is not self._model:
                 self._reconcile_restored(worker)
             with worker.lock:
-                worker.model.forget_users(list(self.deleted))
+                worker.model.forget_users(list(self.deleted), deleted=True)
         except BaseException:
             worker.close(snapshot=False)
             raise
@@ -270,7 +270,7 @@ class Runtime:
         again = self.deleted.among(report.users)
         if again:
             with self.lock:
-                self.model.forget_users(sorted(again))
+                self.model.forget_users(sorted(again), deleted=True)
             logger.info("forgot %d deleted users again after their events were applied", len(again))
 
     # -- the champion watcher --------------------------------------------------------------
@@ -294,7 +294,7 @@ class Runtime:
             model = self.model
             seen = model.history(user_id)
             recs = model.explain(user_id, k, exclude=seen if exclude_seen else ())
-            cold = not seen and model.slow_model.users.get(user_id) < 0
+            cold = not seen and not model.slow_knows(user_id)
             version = self.champion_version
         self.metrics.recommendations.labels(cold_start=str(cold).lower()).inc()
         return {"user_id": user_id,
@@ -327,7 +327,7 @@ class Runtime:
         with self.lock:
             model = self.model
             held = model_footprint(model, user_id)
-            model.forget_users([user_id])
+            model.forget_users([user_id], deleted=True)
         online = None
         if self.features is not None:
             with self._feature_lock:
@@ -337,7 +337,7 @@ class Runtime:
         return {"user_id": user_id,
                 "removed": {**held, "online_feature_rows": online},
                 "consolidation": f"excluded from future samples ({self.deleted.path})",
-                "slow_model_knows_user": model.slow_model.users.get(user_id) >= 0}
+                "slow_model_uses_user_vector": model.slow_knows(user_id)}
 
     # -- health ----------------------------------------------------------------------------
 

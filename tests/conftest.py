@@ -5,12 +5,6 @@ from __future__ import annotations
 import pytest
 
 from infra.broker import EmbeddedBroker
-from models.memory import set_faiss_threads
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Configure FAISS as the `fastslow` entry point does: one thread (one query at a time)."""
-    set_faiss_threads(1)
 
 
 @pytest.fixture(scope="session")

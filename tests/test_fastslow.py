@@ -117,3 +117,15 @@ def test_fast_only_pins_the_gate_and_snapshots_round_trip(world):
     user = events.user(len(events) - 1)
     copy = pickle.loads(pickle.dumps(full))
     assert copy.recommend(user, 10) == full.recommend(user, 10)
+
+
+def test_a_deleted_user_the_slow_model_knew_gets_a_strangers_list(world):
+    events, _, ranker = world
+    model = _learned(world)
+    user = events.user(len(events) - 1)
+    assert model.slow_knows(user)
+    model.forget_users([user], deleted=True)
+    assert not model.slow_knows(user) and user not in model.users()
+    assert model.recommend(user, 10) == model.recommend("never-seen-anyone", 10)
+    model.use_ranker(ranker.clone())          # a new champion still knows the old vector: not used
+    assert model.recommend(user, 10) == model.recommend("never-seen-anyone", 10)

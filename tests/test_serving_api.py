@@ -123,7 +123,7 @@ def test_deleted_user_no_longer_influences_results(client, runtime, tmp_path):
     assert response.status_code == 200
     body = response.json()
     assert body["removed"] == {"fast_state": 1, "recent_items": 4, "memory_entries": 4, "online_feature_rows": None}
-    assert body["slow_model_knows_user"] is False and str(tmp_path) in body["consolidation"]
+    assert body["slow_model_uses_user_vector"] is False and str(tmp_path) in body["consolidation"]
 
     alice = client.get("/recommend", params={"user_id": "alice", "k": 8}).json()
     stranger = client.get("/recommend", params={"user_id": "somebody-new", "k": 8}).json()
