@@ -4,12 +4,13 @@ Every interaction adds a handful of pairs; every recommendation sums a few rows.
 answers row sums fast but is expensive to change, so the counts live in three levels, like a
 log-structured merge tree:
 
-- `pending`: a small dict of the latest increments (cheap to add one pair to);
+- `pending`: the latest increments as coordinate arrays (cheap to append to);
 - `delta`: a CSR matrix that pending folds into once it holds `merge_every` increments;
 - `base`: a CSR matrix that delta folds into once delta is a fraction of base's size.
 
-A query reads all three, so every increment is visible immediately. Bulk increments (the
-worker's batches) go straight into `delta` as a sparse matrix.
+A query reads all three in one compiled pass (`models.kernels.sparse_row_sum`), so every
+increment is visible immediately and the cost follows the entries read, not the catalogue.
+Counts and weights must be positive (they are: co-occurrences, recency weights).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+
+from models.kernels import sparse_row_sum
 
 
 def _resized(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
@@ -28,16 +31,8 @@ def _resized(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
     return out
 
 
-def _gather(matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(columns, weights[h] * values) of the entries of `rows`, read straight from the CSR arrays
-    in a few vectorised steps (scipy's fancy row indexing builds a new matrix per call)."""
-    inside = rows < matrix.shape[0]
-    rows, weights = rows[inside], weights[inside]
-    starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
-    lengths = ends - starts
-    total = int(lengths.sum())
-    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-    return matrix.indices[offsets], matrix.data[offsets] * np.repeat(weights, lengths)
+def _empty(n: int = 0) -> sp.csr_matrix:
+    return sp.csr_matrix((n, n), dtype=np.float64)
 
 
 class Cooccurrence:
@@ -46,7 +41,7 @@ class Cooccurrence:
     Parameters
     ----------
     merge_every
-        Increments kept in the pending dict before they fold into `delta`.
+        Increments kept as pending coordinates before they fold into `delta`.
     symmetric
         Count C[row, h] along with C[h, row] (False: a directed transition matrix h -> row).
 
@@ -75,11 +70,16 @@ class Cooccurrence:
     def __init__(self, merge_every: int = 4096, symmetric: bool = True) -> None:
         self.merge_every = merge_every
         self.symmetric = symmetric
-        self._base = sp.csr_matrix((0, 0), dtype=np.float64)
-        self._delta = sp.csr_matrix((0, 0), dtype=np.float64)
-        self._pending: dict[int, dict[int, float]] = {}
+        self._base = _empty()
+        self._delta = _empty()
+        self._p_rows = np.zeros(merge_every, dtype=np.int64)
+        self._p_cols = np.zeros(merge_every, dtype=np.int64)
+        self._p_vals = np.zeros(merge_every)
         self._n_pending = 0
         self._size = 0
+        self._scratch = np.zeros(1024)
+        self._row_weight = np.zeros(1024)
+        self._touched = np.zeros(1024, dtype=np.int64)
 
     @property
     def size(self) -> int:
@@ -91,116 +91,76 @@ class Cooccurrence:
 
         `weight` is one number for all pairs or one per element of `others`; h == row counts once.
         """
-        pending = self._pending
-        weights = [weight] * len(others) if isinstance(weight, (int, float)) else weight
-        mine = pending.setdefault(row, {}) if self.symmetric else None
-        top = row
-        for h, w in zip(others, weights):
-            theirs = pending.setdefault(h, {})
-            theirs[row] = theirs.get(row, 0.0) + w
-            self._n_pending += 1
-            if mine is not None and h != row:
-                mine[h] = mine.get(h, 0.0) + w
-                self._n_pending += 1
-            top = h if h > top else top
-        self._size = max(self._size, top + 1)
-        if self._n_pending >= self.merge_every:
-            self._fold_pending()
+        others = np.asarray(others, dtype=np.int64)
+        weights = np.broadcast_to(np.asarray(weight, dtype=np.float64), others.shape)
+        self.add_pairs(others, np.full(len(others), row, dtype=np.int64), weights)
 
     def add_pairs(self, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
-        """Bulk form of `add`: C[rows[n], cols[n]] += weights[n] (mirrored if symmetric, off-diagonal)."""
+        """C[rows[n], cols[n]] += weights[n] (mirrored off the diagonal if symmetric)."""
         if not len(rows):
-            return
-        if len(rows) < self.merge_every // 4:   # a few pairs: the pending dict is cheaper
-            pending = self._pending
-            for h, j, w in zip(rows.tolist(), cols.tolist(), weights.tolist()):
-                theirs = pending.setdefault(h, {})
-                theirs[j] = theirs.get(j, 0.0) + w
-                if self.symmetric and h != j:
-                    mine = pending.setdefault(j, {})
-                    mine[h] = mine.get(h, 0.0) + w
-            self._n_pending += len(rows) * (2 if self.symmetric else 1)
-            self._size = max(self._size, int(rows.max()) + 1, int(cols.max()) + 1)
-            if self._n_pending >= self.merge_every:
-                self._fold_pending()
             return
         if self.symmetric:
             off = rows != cols
             rows, cols, weights = (np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]]),
                                    np.concatenate([weights, weights[off]]))
         self._size = max(self._size, int(rows.max()) + 1, int(cols.max()) + 1)
+        start, n = self._n_pending, len(rows)
+        if start + n > self.merge_every:
+            self._fold_pending()
+            start = 0
+        if n > self.merge_every:  # a bulk batch goes straight to delta
+            self._fold(rows, cols, weights)
+            return
+        self._p_rows[start:start + n], self._p_cols[start:start + n], self._p_vals[start:start + n] = rows, cols, weights
+        self._n_pending = start + n
+
+    def _fold(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
         n = self._size
-        bulk = sp.csr_matrix((weights, (rows, cols)), shape=(n, n), dtype=np.float64)
-        self._delta = _resized(self._delta, n) + bulk
-        self._fold_delta()
+        self._delta = _resized(self._delta, n) + sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+        if self._delta.nnz > max(65_536, self._base.nnz // 8):
+            self._base = (_resized(self._base, n) + self._delta).tocsr()
+            self._delta = _empty(n)
 
     def _fold_pending(self) -> None:
-        if not self._pending:
-            return
-        rows, cols, vals = [], [], []
-        for r, entries in self._pending.items():
-            rows.extend([r] * len(entries))
-            cols.extend(entries.keys())
-            vals.extend(entries.values())
-        self._pending, self._n_pending = {}, 0
-        n = self._size = max(self._size, max(cols) + 1)
-        self._delta = _resized(self._delta, n) + sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
-        self._fold_delta()
+        k = self._n_pending
+        if k:
+            self._fold(self._p_rows[:k].copy(), self._p_cols[:k].copy(), self._p_vals[:k].copy())
+            self._n_pending = 0
 
-    def _fold_delta(self, force: bool = False) -> None:
-        if self._delta.nnz and (force or self._delta.nnz > max(65_536, self._base.nnz // 8)):
-            n = max(self._size, self._delta.shape[0])
-            self._base = (_resized(self._base, n) + _resized(self._delta, n)).tocsr()
-            self._delta = sp.csr_matrix((n, n), dtype=np.float64)
-
-    def _entries(self, rows: Sequence[int], weights: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
-        """(columns, weighted values) of every stored entry of `rows`, duplicates not summed."""
-        rows = [int(h) for h in rows]
-        w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
-        cols, vals = [], []
-        idx = np.asarray(rows, dtype=np.int64)
-        for matrix in (self._base, self._delta):
-            if matrix.nnz:
-                c, v = _gather(matrix, idx, w)
-                cols.append(c)
-                vals.append(v)
-        if self._pending:
-            more_cols, more_vals = [], []
-            for h, wh in zip(rows, w.tolist()):
-                entries = self._pending.get(h)
-                if entries:
-                    more_cols.extend(entries.keys())
-                    more_vals.extend(c * wh for c in entries.values())
-            cols.append(np.asarray(more_cols, dtype=np.int64))
-            vals.append(np.asarray(more_vals, dtype=np.float64))
-        if not cols:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        return np.concatenate(cols).astype(np.int64, copy=False), np.concatenate(vals)
+    def _ensure_scratch(self) -> None:
+        if len(self._scratch) < self._size:
+            n = max(self._size, 2 * len(self._scratch))
+            self._scratch, self._row_weight = np.zeros(n), np.zeros(n)
+            self._touched = np.zeros(n, dtype=np.int64)
 
     def sparse_scores(self, rows: Sequence[int], weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """sum over h in `rows` of weights[h] * C[h, :], as (sorted columns, values) of its
         non-zero entries: the cost follows the rows' entries, not the catalogue's size."""
-        cols, vals = self._entries(rows, weights)
-        if not len(cols):
-            return cols, vals
-        unique, inverse = np.unique(cols, return_inverse=True)
-        return unique, np.bincount(inverse, weights=vals, minlength=len(unique))
+        rows = np.asarray(rows, dtype=np.int64)
+        w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
+        inside = rows < self._size
+        if not inside.all():
+            rows, w = rows[inside], w[inside]
+        self._ensure_scratch()
+        base, delta = self._base, self._delta
+        return sparse_row_sum(base.indptr, base.indices, base.data, delta.indptr, delta.indices, delta.data,
+                              self._p_rows, self._p_cols, self._p_vals, self._n_pending, rows, w,
+                              self._scratch, self._row_weight, self._touched)
 
     def scores(self, rows: Sequence[int], weights: Sequence[float] | None = None,
                n: int | None = None) -> np.ndarray:
         """Dense vector of length `n`: sum over h in `rows` of weights[h] * C[h, :]."""
         n = self._size if n is None else n
-        cols, vals = self._entries(rows, weights)
-        if len(cols) and cols.max() >= n:
-            keep = cols < n
-            cols, vals = cols[keep], vals[keep]
-        if not len(cols):
-            return np.zeros(n)
-        return np.bincount(cols, weights=vals, minlength=n)[:n]
+        cols, vals = self.sparse_scores(rows, weights)
+        out = np.zeros(n)
+        keep = cols < n
+        out[cols[keep]] = vals[keep]
+        return out
 
     def get(self, h: int, j: int) -> float:
         """One count C[h, j]."""
-        total = self._pending.get(h, {}).get(j, 0.0)
+        k = self._n_pending
+        total = float(self._p_vals[:k][(self._p_rows[:k] == h) & (self._p_cols[:k] == j)].sum())
         for matrix in (self._base, self._delta):
             if h < matrix.shape[0] and j < matrix.shape[1]:
                 total += float(matrix[h, j])

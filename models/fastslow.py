@@ -21,7 +21,7 @@ import logging
 import pickle
 import zlib
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -107,9 +107,12 @@ class FastSlow(Recommender):
     flush_every
         Queued events that trigger a flush even if nothing reads the model.
     gate_every
-        For events of users who were not just shown a list, every `gate_every`-th one is
-        scored before it is learned so the gate still learns (test-then-learn on the stream
-        itself); 0 learns only from lists that were shown.
+        While learning the warm-up prefix, every `gate_every`-th event is scored before it is
+        learned (test-then-learn) so the gate starts from weights fitted to the prefix; after
+        that it learns from the lists actually shown (`recommend`/`explain`) and what the user
+        did next. 0 skips the warm-up scoring.
+    served
+        Users whose last shown list is kept for the gate to learn from (least recent dropped).
     expire_every
         Events between sweeps that expire idle users and old memory entries.
     fast, stats, gate
@@ -125,7 +128,7 @@ class FastSlow(Recommender):
                  memory_k: int = 32, popular_candidates: int = 20, memory_capacity: int = 50_000,
                  memory_max_age: float = 7 * 86400.0, memory_half_life: float = 86400.0,
                  memory_per_user: int = 5,
-                 flush_every: int = 4096, gate_every: int = 64, expire_every: int = 10_000, fast: dict | None = None,
+                 flush_every: int = 4096, gate_every: int = 64, served: int = 1024, expire_every: int = 10_000, fast: dict | None = None,
                  stats: dict | None = None, gate: dict | None = None, seed: int = 0) -> None:
         self.ranker = ranker
         self.fixed_gate = fixed_gate
@@ -140,6 +143,7 @@ class FastSlow(Recommender):
         self.memory_per_user = memory_per_user
         self.flush_every = flush_every
         self.gate_every = gate_every
+        self.served = served
         self.expire_every = expire_every
         self.fast = fast
         self.stats = stats
@@ -157,7 +161,7 @@ class FastSlow(Recommender):
         self._slow_rows = np.zeros(0, dtype=np.int64)     # fast item row -> slow row (-1 unknown)
         self._fast_rows = np.zeros(0, dtype=np.int64)     # slow row -> fast item row (-1 unseen)
         self._queue: list[tuple] = []
-        self._last: Scored | None = None
+        self._served: OrderedDict[str, Scored] = OrderedDict()   # user -> the list they were last shown
         self._trending_rows: np.ndarray | None = None
         self._trending_at = 0
         self.clock = 0.0
@@ -197,7 +201,7 @@ class FastSlow(Recommender):
         if keep_fast != 1.0:
             self._fast.scale_all(keep_fast)
         self._memory.rekey(self._memory_keys, train_vectors=ranker.item_vectors)
-        self._last = None
+        self._served.clear()   # those lists were scored by the previous model
 
     def _memory_keys(self, entries) -> np.ndarray:
         """Memory keys under the current model: each entry's user vector as of now."""
@@ -256,28 +260,59 @@ class FastSlow(Recommender):
             self.expire()
 
     def _learn_gate(self, user_id: str, item_id: str) -> None:
-        last, self._last = self._last, None
-        if (last is None or last.user_id != user_id) and self.gate_every and self.events % self.gate_every == 0 \
-                and item_id in self._stats.items:
-            last = self.score(user_id, self.history(user_id))
-        if last is None or last.user_id != user_id or not len(last.rows):
+        """Teach the gate from the list this user was last shown and the item they chose."""
+        shown = self._served.pop(user_id, None)
+        if shown is None or not len(shown.rows):
             return
-        hit = np.flatnonzero(last.rows == self._stats.items.get(item_id))
+        hit = np.flatnonzero(shown.rows == self._stats.items.get(item_id))
         if len(hit):
-            self._gate.learn(last.slow, last.fast, last.request, int(hit[0]))
+            self._gate.learn(shown.slow, shown.fast, shown.request, int(hit[0]))
+
+    def _remember_shown(self, scored: Scored) -> None:
+        self._served[scored.user_id] = scored
+        self._served.move_to_end(scored.user_id)
+        if len(self._served) > self.served:
+            self._served.popitem(last=False)
 
     def flush(self) -> None:
-        """Apply every queued event (see the module docstring); cheap when the queue is empty."""
+        """Apply every queued event (see the module docstring); cheap when the queue is empty.
+
+        Everything that depends only on the queued events — slow user vectors from each event's
+        captured history, the per-event negatives — is computed once for the whole queue; only
+        the BPR steps run wave by wave, since a user's fast vector must see their events in order.
+        """
         if not self._queue:
             return
         queue, self._queue = self._queue, []
+        ranker = self._ranker
+        users = [q[0] for q in queue]
+        items = [q[1] for q in queue]
+        times = np.array([q[3] for q in queue])
         self._stats.link([q[6] for q in queue], [q[2] for q in queue])
-        keys = np.zeros((len(queue), self._ranker.dim), dtype=np.float32)
+        base = ranker.user_vectors_rows(np.array([self._slow_user(u) for u in users]),
+                                        [self._slow_rows[q[6]] for q in queue])
+        slow_rows = self._slow_rows[np.array([q[2] for q in queue])]
+        learnable = slow_rows >= 0
+        negs = np.zeros((len(queue), self.negatives), dtype=np.int64)
+        if learnable.any() and len(ranker.items):
+            on = np.flatnonzero(learnable)
+            negs[on] = draw_rows(event_seeds([users[n] for n in on], [items[n] for n in on], times[on]),
+                                 self.negatives, len(ranker.items))
+        keys = base.copy()
         for wave in self._waves(queue):
-            keys[wave] = self._learn_wave([queue[n] for n in wave])
-        user_rows = [self._users.add(q[0]) for q in queue]
-        ids = self._memory.add(_unit(keys), np.array([q[2] for q in queue]), np.array(user_rows),
-                               np.array([q[3] for q in queue]), np.array([q[4] for q in queue], dtype=np.int8),
+            wave = np.asarray(wave)
+            on, off = wave[learnable[wave]], wave[~learnable[wave]]
+            if len(on):
+                pos = slow_rows[on]
+                keys[on] += self._fast.learn_batch([users[n] for n in on], times[on], base[on],
+                                                   ranker.item_vectors[pos], ranker.item_biases[pos],
+                                                   ranker.item_vectors[negs[on]], ranker.item_biases[negs[on]])
+            for n in off.tolist():
+                self._fast.touch(users[n], times[n])
+                keys[n] += self._fast.vector(users[n], times[n])
+        user_rows = [self._users.add(u) for u in users]
+        ids = self._memory.add(_unit(keys), np.array([q[2] for q in queue]), np.array(user_rows), times,
+                               np.array([q[4] for q in queue], dtype=np.int8),
                                np.array([q[5] for q in queue], dtype=np.float32))
         self._cap_memory(user_rows, ids)
 
@@ -309,37 +344,18 @@ class FastSlow(Recommender):
             waves[w].append(n)
         return waves
 
-    def _learn_wave(self, wave: list[tuple]) -> np.ndarray:
-        """BPR steps for events of distinct users; returns their memory keys (base + fast)."""
-        ranker = self._ranker
-        users = [q[0] for q in wave]
-        times = np.array([q[3] for q in wave])
-        base = ranker.user_vectors_rows(np.array([self._slow_user(u) for u in users]),
-                                        [self._slow_rows[q[6]] for q in wave])
-        slow_rows = self._slow_rows[np.array([q[2] for q in wave])]
-        learnable = np.flatnonzero(slow_rows >= 0)
-        keys = base.copy()
-        if len(learnable) and len(ranker.items):
-            pos = slow_rows[learnable]
-            seeds = event_seeds([users[n] for n in learnable], [wave[n][1] for n in learnable], times[learnable])
-            negs = draw_rows(seeds, self.negatives, len(ranker.items))
-            keys[learnable] += self._fast.learn_batch(
-                [users[n] for n in learnable], times[learnable], base[learnable], ranker.item_vectors[pos],
-                ranker.item_biases[pos], ranker.item_vectors[negs], ranker.item_biases[negs])
-        for n in np.flatnonzero(slow_rows < 0):
-            self._fast.touch(users[n], times[n])
-            keys[n] += self._fast.vector(users[n], times[n])
-        return keys
-
     def learn_warmup(self, users, items, timestamps, event_types, values) -> None:
-        """Train the slow model on the prefix if none was given, then replay it through the fast path."""
+        """Train the slow model on the prefix if none was given, then replay the prefix through
+        the fast path, scoring every `gate_every`-th event first so the gate learns too."""
         if self.ranker is None and len(self._ranker.items) == 0:
             self._ranker.fit(self._ranker.build_examples(users, items))
             self.use_ranker(self._ranker)
-        for u, i, t, e, v in zip(users, items, timestamps, event_types, values):
+        for n, (u, i, t, e, v) in enumerate(zip(users, items, timestamps, event_types, values)):
+            if self.gate_every and n % self.gate_every == 0 and i in self._stats.items:
+                self._remember_shown(self.score(u, self.history(u)))
             self.learn_one(u, i, float(t), e, float(v))
         self.flush()
-        self._last = None
+        self._served.clear()
 
     def expire(self) -> tuple[int, int]:
         """Expire idle users and old memory entries now; returns (users, entries) removed."""
@@ -411,13 +427,13 @@ class FastSlow(Recommender):
     def recommend(self, user_id, k, exclude=()) -> list[str]:
         """The top k for the user; the list is remembered so the user's next event teaches the gate."""
         scored = self.score(user_id, exclude)
-        self._last = scored
+        self._remember_shown(scored)
         return [self._stats.items.id_of(int(r)) for r in scored.rows[scored.top(k)]]
 
     def explain(self, user_id: str, k: int, exclude: Collection[str] = ()) -> list[Recommendation]:
         """The top k with scores, fast/slow parts and a reason each (what `/recommend` returns)."""
         scored = self.score(user_id, exclude)
-        self._last = scored
+        self._remember_shown(scored)
         recent = self._recent(user_id)[-self._stats.window:]
         out = []
         for n in scored.top(k):
@@ -439,8 +455,12 @@ class FastSlow(Recommender):
                                       reason_for(signal, trigger, verb)))
         return out
 
+    def _own_entries(self, user_id: str):
+        """The user's live memory entries, oldest first, found through their entry ids."""
+        return self._memory.entries_by_id(list(self._mem_ids.get(self._users.get(user_id), ())))
+
     def _last_kind(self, user_id: str, row: int) -> str:
-        entries = self._memory.entries_of(self._users.get(user_id))
+        entries = self._own_entries(user_id)
         mine = np.flatnonzero(entries.items == row)
         return EVENT_KINDS[int(entries.types[mine[-1]])] if len(mine) else "view"
 
@@ -481,7 +501,7 @@ class FastSlow(Recommender):
         self.flush()
         out = {}
         for user_id, state in self._fast.export_users(user_ids).items():
-            entries = self._memory.entries_of(self._users.get(user_id))
+            entries = self._own_entries(user_id)
             out[user_id] = {
                 "vec": state.vec, "updated": state.updated, "events": state.events,
                 "recent": [self._stats.items.id_of(int(r)) for r in state.recent],
@@ -531,8 +551,8 @@ class FastSlow(Recommender):
         self._memory.remove_users([r for r in rows if r >= 0])
         for r in rows:
             self._mem_ids.pop(r, None)
-        if self._last is not None and self._last.user_id in user_ids:
-            self._last = None
+        for user_id in user_ids:
+            self._served.pop(user_id, None)
 
     def __getstate__(self) -> dict:
         """Pickle the model as if every queued event had been applied."""
