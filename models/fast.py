@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.kernels import bpr_steps
+
 
 @dataclass
 class UserState:
@@ -37,10 +39,6 @@ class UserState:
     """Events learned since the state was created (or last rebased)."""
     recent: array
     """The user's last item rows, oldest first."""
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 class FastWeights:
@@ -151,14 +149,10 @@ class FastWeights:
         """
         states = [self._users[u] for u in user_ids]
         decay = np.array([self._decay(s, t) for s, t in zip(states, timestamps)], dtype=np.float32)
-        f = np.stack([s.vec for s in states]) * decay[:, None]
-        diff = pos_vecs[:, None, :] - neg_vecs
-        gap = pos_biases[:, None] - neg_biases
-        for _ in range(self.steps):
-            margin = np.einsum("bnd,bd->bn", diff, base + f) + gap
-            coef = _sigmoid(-margin)
-            f = f + self.lr * (np.einsum("bn,bnd->bd", coef, diff) / diff.shape[1] - self.l2 * f)
-        f = f.astype(np.float32)
+        f = (np.stack([s.vec for s in states]) * decay[:, None]).astype(np.float32)
+        bpr_steps(f, np.ascontiguousarray(base, dtype=np.float32), np.ascontiguousarray(pos_vecs, dtype=np.float32),
+                  np.asarray(pos_biases, dtype=np.float32), np.ascontiguousarray(neg_vecs, dtype=np.float32),
+                  np.asarray(neg_biases, dtype=np.float32), np.float32(self.lr), np.float32(self.l2), self.steps)
         for state, vec, t in zip(states, f, timestamps):
             state.vec = vec
             state.updated = max(state.updated, float(t))

@@ -31,6 +31,7 @@ from models.base import Recommender
 from models.fast import FastWeights, UserState
 from models.gate import FAST_SIGNALS, Gate
 from models.item_index import ItemIndex
+from models.kernels import splitmix_rows
 from models.memory import EpisodicMemory
 from models.scorer import VERBS, Scored, Signals, Sparse, candidate_features, reason_for, top_positive
 from models.slow import SlowRanker
@@ -69,15 +70,11 @@ def event_seeds(users: list[str], items: list[str], timestamps: np.ndarray) -> n
 def draw_rows(seeds: np.ndarray, count: int, n: int) -> np.ndarray:
     """(len(seeds), count) pseudo-random rows in [0, n), a pure function of the seeds (splitmix64).
 
-    >>> draw_rows(np.array([7], dtype=np.uint64), 3, 10).shape
-    (1, 3)
+    >>> rows = draw_rows(np.array([7, 8], dtype=np.uint64), 3, 10)
+    >>> rows.shape, bool((rows == draw_rows(np.array([7, 8], dtype=np.uint64), 3, 10)).all())
+    ((2, 3), True)
     """
-    with np.errstate(over="ignore"):
-        x = seeds[:, None] + np.arange(1, count + 1, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x % np.uint64(max(n, 1))).astype(np.int64)
+    return splitmix_rows(np.asarray(seeds, dtype=np.uint64), count, max(n, 1))
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -55,3 +55,47 @@ def sparse_row_sum(base_indptr, base_indices, base_data, delta_indptr, delta_ind
         vals[i] = scratch[cols[i]]
         scratch[cols[i]] = 0.0
     return cols, vals
+
+
+@njit(cache=True, nogil=True)
+def splitmix_rows(seeds, count, n):
+    """(len(seeds), count) pseudo-random rows in [0, n): splitmix64 of seed + k * golden ratio.
+
+    Integer arithmetic wraps modulo 2**64 exactly as numpy's uint64 does.
+    """
+    out = np.empty((seeds.size, count), dtype=np.int64)
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    for i in range(seeds.size):
+        for k in range(count):
+            x = seeds[i] + np.uint64(k + 1) * golden
+            x = (x ^ (x >> np.uint64(30))) * m1
+            x = (x ^ (x >> np.uint64(27))) * m2
+            x = x ^ (x >> np.uint64(31))
+            out[i, k] = np.int64(x % np.uint64(n))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def bpr_steps(f, base, pos, pos_bias, negs, neg_bias, lr, l2, steps):
+    """In place: `steps` BPR steps on each row of the fast vectors `f` (B, d).
+
+    For user b: margin_n = (base_b + f_b) . (pos_b - negs_bn) + pos_bias_b - neg_bias_bn and
+    f_b += lr * (mean_n sigmoid(-margin_n) * (pos_b - negs_bn) - l2 * f_b), all steps from the
+    same negatives.
+    """
+    B, d = f.shape
+    n_neg = negs.shape[1]
+    grad = np.empty(d, dtype=np.float32)
+    for b in range(B):
+        for _ in range(steps):
+            grad[:] = 0.0
+            for n in range(n_neg):
+                margin = pos_bias[b] - neg_bias[b, n]
+                for j in range(d):
+                    margin += (base[b, j] + f[b, j]) * (pos[b, j] - negs[b, n, j])
+                coef = 0.5 * (1.0 + np.tanh(-0.5 * margin))
+                for j in range(d):
+                    grad[j] += coef * (pos[b, j] - negs[b, n, j])
+            for j in range(d):
+                f[b, j] += lr * (grad[j] / n_neg - l2 * f[b, j])

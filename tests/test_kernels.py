@@ -1,0 +1,60 @@
+"""The compiled kernels agree with plain numpy / Python computations of the same formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.kernels import bpr_steps, sparse_row_sum, splitmix_rows
+
+MASK = (1 << 64) - 1
+
+
+def test_sparse_row_sum_matches_dense_sums_over_base_delta_and_pending():
+    rng = np.random.default_rng(0)
+    n = 40
+    base = sp.random(n, n, density=0.2, random_state=1, format="csr") * 5
+    delta = sp.random(n, n, density=0.1, random_state=2, format="csr") * 5
+    p_rows, p_cols = rng.integers(0, n, 30), rng.integers(0, n, 30)
+    p_vals = rng.random(30)
+    rows, weights = np.array([3, 7, 3, 11]), np.array([1.0, 0.5, 0.25, 2.0])
+    want = np.zeros(n)
+    pending = sp.csr_matrix((p_vals, (p_rows, p_cols)), shape=(n, n)).toarray()
+    for h, w in zip(rows, weights):
+        want += w * (base.toarray()[h] + delta.toarray()[h] + pending[h])
+    cols, vals = sparse_row_sum(base.indptr, base.indices, base.data, delta.indptr, delta.indices, delta.data,
+                                p_rows, p_cols, p_vals, len(p_rows), rows, weights,
+                                np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64))
+    assert cols.tolist() == np.flatnonzero(want).tolist()
+    assert np.allclose(vals, want[cols])
+
+
+def _splitmix(seed: int, k: int, n: int) -> int:
+    x = (seed + (k + 1) * 0x9E3779B97F4A7C15) & MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    return (x ^ (x >> 31)) % n
+
+
+def test_splitmix_rows_match_a_plain_python_splitmix64():
+    seeds = np.array([0, 7, 2**32 + 5, 2**63 + 11], dtype=np.uint64)
+    got = splitmix_rows(seeds, 4, 1000)
+    assert got.tolist() == [[_splitmix(int(s), k, 1000) for k in range(4)] for s in seeds]
+
+
+def test_bpr_steps_match_the_numpy_formula():
+    rng = np.random.default_rng(3)
+    B, n, d, lr, l2, steps = 3, 4, 5, 0.1, 0.01, 2
+    f = rng.normal(size=(B, d)).astype(np.float32)
+    base, pos = rng.normal(size=(B, d)).astype(np.float32), rng.normal(size=(B, d)).astype(np.float32)
+    negs = rng.normal(size=(B, n, d)).astype(np.float32)
+    pos_b, neg_b = rng.normal(size=B).astype(np.float32), rng.normal(size=(B, n)).astype(np.float32)
+    want = f.astype(np.float64)
+    diff = pos[:, None, :] - negs
+    for _ in range(steps):
+        margin = np.einsum("bnd,bd->bn", diff, base + want) + pos_b[:, None] - neg_b
+        coef = 1.0 / (1.0 + np.exp(margin))
+        want = want + lr * (np.einsum("bn,bnd->bd", coef, diff) / n - l2 * want)
+    got = f.copy()
+    bpr_steps(got, base, pos, pos_b, negs, neg_b, np.float32(lr), np.float32(l2), steps)
+    assert np.allclose(got, want, atol=1e-5)
