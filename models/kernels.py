@@ -99,3 +99,32 @@ def bpr_steps(f, base, pos, pos_bias, negs, neg_bias, lr, l2, steps):
                     grad[j] += coef * (pos[b, j] - negs[b, n, j])
             for j in range(d):
                 f[b, j] += lr * (grad[j] / n_neg - l2 * f[b, j])
+
+
+@njit(cache=True, nogil=True)
+def pool_histories(item_in, flat, ends, recency, out):
+    """out[b] = recency-weighted mean of item_in[row + 1] over user b's last len(recency) rows.
+
+    User b's rows are flat[ends[b-1]:ends[b]], oldest first; rows < 0 (items the model does
+    not know) are skipped and the weights of the rest renormalised; the most recent row gets
+    recency[0]. Users without known rows keep a zero vector.
+    """
+    start = 0
+    for b in range(ends.size):
+        end = ends[b]
+        total = 0.0
+        age = 0
+        for e in range(end - 1, start - 1, -1):
+            if age >= recency.size:
+                break
+            row = flat[e]
+            if row >= 0:
+                w = recency[age]
+                total += w
+                for j in range(item_in.shape[1]):
+                    out[b, j] += w * item_in[row + 1, j]
+            age += 1
+        if total > 0.0:
+            for j in range(item_in.shape[1]):
+                out[b, j] /= total
+        start = end

@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from models.slow_net import PAD, SlowRankerNet
-from models.tails import tails
+from models.kernels import pool_histories
 from models.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -201,6 +200,7 @@ class SlowRanker:
         n_user, n_item, n_categories = context_dims(context)
         self.net = SlowRankerNet(1024, 1024, dim, n_user, n_item, n_categories).to(device)
         self._weights = recency_weights(history, history_decay)
+        self._weights_f32 = self._weights.astype(np.float32)
         self._table_ids = Vocab()
         self._table = (np.zeros((0, n_item), np.float32), np.zeros(0, np.int64))
         self.refresh()
@@ -400,35 +400,19 @@ class SlowRanker:
 
     def user_vector_rows(self, user_row: int, history_rows: np.ndarray) -> np.ndarray:
         """The slow user vector from a user row (-1: unknown) and item rows, oldest first (-1 skipped)."""
-        rows = np.asarray(history_rows[-self.history:], dtype=np.int64)[::-1]
-        known = rows >= 0
-        vec = self._pool_b.copy()
-        if known.any():
-            w = self._weights[: len(rows)][known]
-            vec += self._pool_w @ ((w / w.sum()).astype(np.float32) @ self._item_in[rows[known] + 1])
-        if 0 <= user_row < len(self._user_emb):
-            vec += self._user_emb[user_row]
-        return vec
+        return self.user_vectors_rows(np.array([user_row]), [history_rows])[0]
 
     def user_vectors_rows(self, user_rows: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Many slow user vectors at once: user rows (-1 unknown) and item-row histories, oldest first."""
-        n = len(histories)
-        rows, owner, age = tails(histories, self.history)
-        known = rows >= 0
-        rows, owner, w = rows[known], owner[known], self._weights[age[known]]
-        totals = np.bincount(owner, weights=w, minlength=n)
-        w = w / totals[owner]
-        if len(rows) <= 4 * self.history:   # a handful of users: a direct gather is cheaper
-            pooled = np.zeros((n, self.dim), dtype=np.float32)
-            np.add.at(pooled, owner, (w[:, None] * self._item_in[rows + 1]).astype(np.float32))
-        else:
-            pooling = sp.csr_matrix((w.astype(np.float32), (owner, rows + 1)), shape=(n, len(self._item_in)))
-            pooled = np.asarray(pooling @ self._item_in)
+        ends = np.cumsum(np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories)))
+        flat = np.concatenate(histories).astype(np.int64, copy=False) if len(histories) else np.zeros(0, np.int64)
+        pooled = np.zeros((len(histories), self.dim), dtype=np.float32)
+        pool_histories(self._item_in, flat, ends, self._weights_f32, pooled)
         vec = pooled @ self._pool_w.T + self._pool_b
         users = np.asarray(user_rows, dtype=np.int64)
         ok = (users >= 0) & (users < len(self._user_emb))
         vec[ok] += self._user_emb[users[ok]]
-        return vec.astype(np.float32)
+        return vec.astype(np.float32, copy=False)
 
     def context_scores(self, base: np.ndarray, rows: np.ndarray, context: ContextArrays,
                        item_parts: np.ndarray | None = None) -> np.ndarray:

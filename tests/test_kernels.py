@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.kernels import bpr_steps, sparse_row_sum, splitmix_rows
+from models.kernels import bpr_steps, pool_histories, sparse_row_sum, splitmix_rows
 
 MASK = (1 << 64) - 1
 
@@ -58,3 +58,16 @@ def test_bpr_steps_match_the_numpy_formula():
     got = f.copy()
     bpr_steps(got, base, pos, pos_b, negs, neg_b, np.float32(lr), np.float32(l2), steps)
     assert np.allclose(got, want, atol=1e-5)
+
+
+def test_pool_histories_is_the_recency_weighted_mean_of_known_items():
+    item_in = np.arange(1, 13, dtype=np.float32).reshape(6, 2)   # row 0 is padding; item r at r + 1
+    recency = np.array([0.5, 0.3, 0.2], dtype=np.float32)       # most recent first
+    flat = np.array([0, 4, -1, 2, 3, 1], dtype=np.int64)         # user 0: [0, 4, -1, 2]; user 1: []; user 2: [3, 1]
+    ends = np.array([4, 4, 6])
+    out = np.zeros((3, 2), dtype=np.float32)
+    pool_histories(item_in, flat, ends, recency, out)
+    # user 0, newest first: item 2 (w .5), unknown (skipped), item 4 (w .2); item 0 is past the window
+    want0 = (0.5 * item_in[3] + 0.2 * item_in[5]) / 0.7
+    want2 = (0.5 * item_in[2] + 0.3 * item_in[4]) / 0.8
+    assert np.allclose(out, [want0, [0.0, 0.0], want2])
