@@ -17,6 +17,15 @@ user's fast-path top-k (`FastSlow.fast_preferences`) and makes one example per p
   fast path prefers each item; items with a fast score <= 0 get no example. The per-user sum
   keeps ``k`` from changing how loudly one user speaks.
 
+Each example comes twice: ``1 - id_share`` of its weight as above (the user's history as
+input: what the slow model reads while the fast state lives), ``id_share`` on a copy with an
+*empty* history (the user id alone: what the slow model has once the fast state has expired
+or been cleared, the "Captain" case). With the history as input the pooled recent items
+already explain the new taste, so those examples barely move the user's own id row; the
+id-only copies are what writes the taste into it. Default 0.5: on the first 100k events of
+the 200k synthetic stream the consolidating replay policy scored NDCG@10 0.1028 with 0.5
+against 0.1025 with 0 (3 of 4 consolidations promoted instead of 1).
+
 Examples are built with the challenger clone's own `SlowRanker.build_examples`, so users and
 items the slow model never saw (new arrivals the fast path already recommends) are
 registered in the clone and its tables grow; the serving champion is never touched.
@@ -41,7 +50,7 @@ logger = logging.getLogger(__name__)
 #: Default total distillation weight per user (in units of one observed event).
 DEFAULT_WEIGHT = 2.0
 #: Default share of the distilled weight given to id-only copies (empty history).
-DEFAULT_ID_SHARE = 0.0
+DEFAULT_ID_SHARE = 0.5
 
 
 def _empty(ranker: SlowRanker) -> Examples:
@@ -98,7 +107,7 @@ def distill_examples(model: FastSlow, ranker: SlowRanker, since: float, k: int =
     >>> for u, i in [("b0", "new"), ("a1", "new"), ("a1", "x2")]:   # "new": unknown to the slow model
     ...     model.learn_one(u, i, 100.0)
     >>> clone = ranker.clone()
-    >>> ex = distill_examples(model, clone, since=100.0, k=3, users=["b0"])
+    >>> ex = distill_examples(model, clone, since=100.0, k=3, users=["b0"], id_share=0.0)
     >>> [clone.items.id_of(int(t)) for t in ex.targets], [round(float(w), 2) for w in ex.weights]
     (['x2', 'x0', 'x1'], [1.01, 0.68, 0.31])
     >>> [clone.items.id_of(int(r) - 1) for r in ex.history[2] if r]   # b0's history, most recent first

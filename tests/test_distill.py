@@ -50,7 +50,7 @@ def test_weights_follow_the_fast_scores_and_sum_to_the_weight_per_user(world):
     preferences = model.fast_preferences(since, 10)
     assert set(preferences) == {"u0"}           # u4 and u8 were last active before `since`
     clone = model.slow_model.clone()
-    examples = distill_examples(model, clone, since, k=10, weight=3.0)
+    examples = distill_examples(model, clone, since, k=10, weight=3.0, id_share=0.0)
     items = [item for item, score in preferences["u0"] if score > 0]
     scores = [score for _, score in preferences["u0"] if score > 0]
     assert [clone.items.id_of(int(t)) for t in examples.targets] == items
@@ -64,11 +64,26 @@ def test_weights_follow_the_fast_scores_and_sum_to_the_weight_per_user(world):
 def test_every_example_reads_the_users_fast_history_most_recent_first(world):
     model, since = world
     clone = model.slow_model.clone()
-    examples = distill_examples(model, clone, since, k=5)
+    examples = distill_examples(model, clone, since, k=5, id_share=0.0)
     expected = [clone.items.get(i) + 1 for i in reversed(model.history("u0"))][: clone.history]
     for row in examples.history:
         assert row[: len(expected)].tolist() == expected
         assert not row[len(expected):].any()
+
+
+def test_id_share_moves_that_part_of_the_weight_onto_copies_without_history(world):
+    model, since = world
+    clone = model.slow_model.clone()
+    plain = distill_examples(model, clone, since, k=10, weight=3.0, id_share=0.0)
+    split = distill_examples(model, clone, since, k=10, weight=3.0, id_share=0.25)
+    n = len(plain)
+    assert len(split) == 2 * n
+    np.testing.assert_array_equal(split.targets, np.r_[plain.targets, plain.targets])
+    np.testing.assert_array_equal(split.history[:n], plain.history)
+    assert not split.history[n:].any()                                  # the user id alone
+    np.testing.assert_allclose(split.weights[:n], 0.75 * plain.weights, rtol=1e-6)
+    np.testing.assert_allclose(split.weights[n:], 0.25 * plain.weights, rtol=1e-6)
+    assert math.isclose(float(split.weights.sum()), 3.0, rel_tol=1e-6)
 
 
 def test_new_ids_land_in_the_clone_and_never_in_the_serving_model(world):
@@ -98,4 +113,6 @@ def test_nobody_active_since_gives_no_examples_and_bad_knobs_are_refused(world):
     assert len(distill_examples(model, clone, since=model.clock + 1.0)) == 0
     with pytest.raises(ConfigError):
         distill_examples(model, clone, since=0.0, weight=-1.0)
+    with pytest.raises(ConfigError):
+        distill_examples(model, clone, since=0.0, id_share=1.5)
     np.testing.assert_array_equal(distill_examples(model, clone, 0.0, users=["nobody"]).targets, [])
