@@ -503,7 +503,8 @@ class FastSlow(Recommender):
                 "vec": state.vec, "updated": state.updated, "events": state.events,
                 "recent": [self._stats.items.id_of(int(r)) for r in state.recent],
                 "memory": {"items": [self._stats.items.id_of(int(r)) for r in entries.items],
-                           "times": entries.times, "types": entries.types, "values": entries.values},
+                           "times": entries.times, "types": entries.types, "values": entries.values,
+                           "slots": len(self._mem_ids.get(self._users.get(user_id), ()))},
             }
         return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -519,13 +520,16 @@ class FastSlow(Recommender):
             self._fast.import_users({user_id: UserState(np.asarray(st["vec"], np.float32), st["updated"],
                                                         st["events"], array("q", rows))})
             mem = st["memory"]
+            user_row = self._users.add(user_id)
+            ids = np.zeros(0, dtype=np.int64)
             if len(mem["items"]):
                 items = np.array([self._register(i) for i in mem["items"]])
                 key = _unit(sum(self._user_vector(user_id))[None, :])
-                user_row = self._users.add(user_id)
                 ids = self._memory.add(np.repeat(key, len(items), axis=0), items, user_row,
                                        mem["times"], mem["types"], mem["values"])
-                self._cap_memory([user_row] * len(ids), ids)
+            # the exporter's id list also counted entries that aged out since; keep their places
+            # (as ids that match nothing) so the cap trims at the same events it would have there
+            self._mem_ids[user_row] = deque([-1] * (mem["slots"] - len(ids)) + ids.tolist())
 
     def _register(self, item_id: str) -> int:
         """An item's row (known to the stream statistics and mapped to the slow model), uncounted."""
