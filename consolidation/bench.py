@@ -31,6 +31,7 @@ def consolidation_seconds(table, size: int = MILLION, config=None, seed: int = 0
     total and per-phase seconds, the sample size and the torch threads used. A ``table``
     smaller than ``size`` gives a smaller sample (reported as ``sample_events``).
     """
+    import pyarrow as pa
     import torch
 
     from consolidation.job import run_consolidation
@@ -45,8 +46,8 @@ def consolidation_seconds(table, size: int = MILLION, config=None, seed: int = 0
                  epochs=1)
     middle = int(table.column("timestamp").cast("int64")[table.num_rows // 2].as_py())
     started = time.perf_counter()
-    sample = sample_replay(table.to_batches(max_chunksize=100_000), size, since_ms=middle, history=champion.history,
-                           seed=seed)
+    chunks = (pa.Table.from_batches([batch]) for batch in table.to_batches(max_chunksize=100_000))
+    sample = sample_replay(chunks, size, since_ms=middle, history=champion.history, seed=seed)
     sampled = time.perf_counter() - started
     outcome = run_consolidation(champion, sample, config)
     total = time.perf_counter() - started

@@ -97,3 +97,13 @@ def test_bench_command_prints_the_matrices_and_summaries(tmp_path):
         assert math.isclose(summary["bwt"], bwt(matrix), abs_tol=1e-6)
     assert len(document["methods"]["ewc"]["consolidations"]) == 2          # after periods 1 and 2
     assert plot.stat().st_size > 0
+
+
+def test_consolidation_timing_reports_the_sample_and_its_phases():
+    from consolidation.bench import consolidation_seconds
+    from consolidation.train import ConsolidationConfig
+
+    timing = consolidation_seconds(_log(2), size=500, config=ConsolidationConfig(epochs=1, fisher_samples=100))
+    assert timing["sample_events"] == 500 and timing["threads"] == 1 and timing["epochs"] == 1
+    assert {"sample", "examples", "fisher", "train", "evaluate", "consolidate"} <= set(timing["phases"])
+    assert timing["seconds"] >= timing["phases"]["consolidate"]
