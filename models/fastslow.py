@@ -566,8 +566,15 @@ def fast_slow(seed: int = 0) -> FastSlow:
     return FastSlow(seed=seed)
 
 
-def fast_only(seed: int = 0) -> FastSlow:
-    """Factory for `--policy fast-only`: the fast path over the frozen slow model, gate pinned to 1."""
-    model = FastSlow(fixed_gate=1.0, seed=seed)
-    model.name = "fast-only"
-    return model
+class FastOnly(FastSlow):
+    """The `fast-only` ablation: the fast path over a frozen slow model, gate pinned to 1."""
+
+    name = "fast-only"
+
+    def __init__(self, ranker: SlowRanker | None = None, seed: int = 0) -> None:
+        super().__init__(ranker=ranker, fixed_gate=1.0, seed=seed)
+
+
+def fast_only(seed: int = 0) -> FastOnly:
+    """Factory for `--policy fast-only`."""
+    return FastOnly(seed=seed)
