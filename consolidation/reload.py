@@ -20,7 +20,10 @@ shift a second time (over-weighting the last few days until the half-life decays
 vectors were fitted as residuals against the previous model's user vectors, which moved.
 Starting them from zero costs little: the user's recent items (which feed the slow user
 tower and the co-occurrence, transition and memory signals) stay, and the next event starts
-a fresh residual. `consolidation.policy.FastSlowPolicy` measures the alternatives in replay.
+a fresh residual. Measured with `consolidation.policy.FastSlowPolicy` on the first 100k
+events of the 200k synthetic stream (same consolidations promoted up to the point they
+differ): NDCG@10 0.10248 with ``keep_fast=0.0`` against 0.10234 with 1.0 -- a small
+difference, in the direction the argument predicts.
 """
 
 from __future__ import annotations
