@@ -9,7 +9,8 @@ Context (optional, ``context=`` a spec such as `features.context.ContextSpec.as_
 numeric user features enter the user tower, a category bucket and numeric item features the
 item tower (`models.slow_net`). Training reads them per example (`Examples.user_context`,
 ``item_context``, ``item_category``: each event's features as of just before it); sampled
-negatives read the catalogue table set with `set_item_table`. Scoring keeps the id part as it
+negatives read the item context table set with `set_item_table`, as of the time of the
+examples they are scored against (`models.slow_context`). Scoring keeps the id part as it
 was (`user_vector_rows`, `item_vectors`, `item_biases`: the item index and the fast path use
 those) and adds `context_scores`, one additive term per candidate; an item the model has no
 row for is scored by its context alone. A row of zeros and category bucket 0 mean "every
@@ -22,43 +23,22 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.slow_context import ContextArrays, ContextWeights, ItemContextTable, context_dims, time_batches
 from models.slow_net import PAD, SlowRankerNet
 from models.kernels import pool_histories
 from models.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["ContextArrays", "Examples", "Penalty", "SlowRanker", "context_dims", "recency_weights"]
+
 #: An extra loss term computed from the network (EWC uses this).
 Penalty = Callable[[SlowRankerNet], torch.Tensor]
-
-
-class ContextArrays(NamedTuple):
-    """Context of one request as the ranker reads it (`features.context.FeatureContext.lookup`).
-
-    ``user`` (n_user,) numeric user features; ``items`` (N, n_item) numeric features and
-    ``categories`` (N,) category buckets (0: unknown) of N candidate items.
-    """
-
-    user: np.ndarray
-    items: np.ndarray
-    categories: np.ndarray
-
-
-def context_dims(context: dict | None) -> tuple[int, int, int]:
-    """(user features, item features, category buckets) a context spec asks for.
-
-    >>> context_dims(None), context_dims({"user": ["a", "b"], "item": ["c"], "categories": 16})
-    ((0, 0, 0), (2, 1, 16))
-    """
-    if not context:
-        return 0, 0, 0
-    return len(context.get("user", ())), len(context.get("item", ())), int(context.get("categories", 0))
 
 
 def recency_weights(length: int, decay: float) -> np.ndarray:
@@ -87,6 +67,8 @@ class Examples:
     """(n, n_item) numeric features of each target item as of just before its event, or None."""
     item_category: np.ndarray | None = None
     """(n,) category bucket of each target item (0: unknown), or None."""
+    times: np.ndarray | None = None
+    """(n,) unix seconds of each event (with context): negatives read the item table as of then."""
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -95,13 +77,20 @@ class Examples:
     def has_context(self) -> bool:
         return self.item_context is not None
 
-    def with_context(self, user: np.ndarray, items: np.ndarray, categories: np.ndarray) -> "Examples":
-        """The same examples carrying per-example context arrays (one row per example)."""
-        if not (len(user) == len(items) == len(categories) == len(self)):
+    def with_context(self, user: np.ndarray, items: np.ndarray, categories: np.ndarray,
+                     times: np.ndarray | None = None) -> "Examples":
+        """The same examples carrying per-example context arrays (one row per example).
+
+        ``times`` (the events' unix seconds) lets training read the negatives' context as of
+        each example's time; without it negatives read the item table's latest values.
+        """
+        sizes = {len(user), len(items), len(categories), len(self)} | ({len(times)} if times is not None else set())
+        if len(sizes) != 1:
             raise ValueError(f"context arrays have {len(user)}, {len(items)} and {len(categories)} rows "
                              f"for {len(self)} examples: build them from the same events, in order")
         return Examples(self.users, self.history, self.targets, self.weights, np.asarray(user, np.float32),
-                        np.asarray(items, np.float32), np.asarray(categories, np.int64))
+                        np.asarray(items, np.float32), np.asarray(categories, np.int64),
+                        None if times is None else np.asarray(times, np.float64))
 
     def concat(self, other: "Examples") -> "Examples":
         """Both sets of examples; if only one carries context, the other's is all-missing (zeros)."""
@@ -110,7 +99,9 @@ class Examples:
         if not (self.has_context or other.has_context):
             return joined
         parts = [self._context_or_zeros(other), other._context_or_zeros(self)]
-        return joined.with_context(*(np.concatenate([a, b]) for a, b in zip(*parts)))
+        times = (np.concatenate([self.times, other.times])
+                 if self.times is not None and other.times is not None else None)
+        return joined.with_context(*(np.concatenate([a, b]) for a, b in zip(*parts)), times=times)
 
     def _context_or_zeros(self, like: "Examples") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.has_context:
@@ -201,8 +192,7 @@ class SlowRanker:
         self.net = SlowRankerNet(1024, 1024, dim, n_user, n_item, n_categories).to(device)
         self._weights = recency_weights(history, history_decay)
         self._weights_f32 = self._weights.astype(np.float32)
-        self._table_ids = Vocab()
-        self._table = (np.zeros((0, n_item), np.float32), np.zeros(0, np.int64))
+        self._table = ItemContextTable([], np.zeros((0, n_item), np.float32), np.zeros(0, np.int64))
         self.refresh()
 
     # ------------------------------------------------------------------ ids and examples
@@ -249,29 +239,21 @@ class SlowRanker:
         """True if the model was built to read context (a `context` spec with features)."""
         return any(context_dims(getattr(self, "context", None)))
 
-    def set_item_table(self, item_ids: Sequence[str], items: np.ndarray, categories: np.ndarray) -> None:
-        """The catalogue's item context (numeric rows, category buckets) that sampled negatives read.
+    def set_item_table(self, item_ids: Sequence[str], items: np.ndarray, categories: np.ndarray,
+                       times: np.ndarray | None = None) -> None:
+        """The item context that sampled negatives read while training (`ItemContextTable`).
 
-        Take it from what was known at the end of the training data (e.g. an online lookup
-        right before training). Items not in it (or registered later) read as all-missing.
+        One entry per (item, time from which it holds). Without `times`, one snapshot (e.g.
+        an online lookup right before training), read whatever the examples' times. Items
+        without an entry read as all-missing.
         """
-        self._table_ids = Vocab(item_ids)
-        self._table = (np.asarray(items, np.float32).reshape(len(item_ids), -1), np.asarray(categories, np.int64))
-
-    def item_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(numeric (n_items, n_item), categories (n_items,)) aligned with item rows, from `set_item_table`."""
-        rows = self._table_ids.lookup(self.items.ids())
-        numeric = np.zeros((len(rows), self.net.n_item_context), np.float32)
-        categories = np.zeros(len(rows), np.int64)
-        have = rows >= 0
-        if have.any():
-            numeric[have], categories[have] = self._table[0][rows[have]], self._table[1][rows[have]]
-        return numeric, categories
+        self._table = ItemContextTable(item_ids, items, categories, times)
 
     def _context_loss(self, ex: Examples, idx: np.ndarray, users, hist, hist_w, targets,
-                      table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                      table: np.ndarray) -> torch.Tensor:
         """Per-example softmax loss with context: targets read their own (point-in-time) context,
-        negatives the catalogue table; `cold_dropout` of both have their id part hidden."""
+        negatives the item table as of the batch's earliest example; `cold_dropout` of both
+        have their id part hidden. ``table``: table codes of this ranker's item rows."""
         dev, net = self.device, self.net
         user_ctx = torch.as_tensor(ex.user_context[idx], device=dev) if net.context is not None else None
         vec = net.user_vectors(users, hist, hist_w, user_ctx)
@@ -283,22 +265,29 @@ class SlowRanker:
         negs = (torch.arange(n_items, device=dev) if self.negatives >= n_items else
                 torch.as_tensor(self._rng.integers(0, n_items, size=self.negatives), device=dev))
         hide = torch.as_tensor(self._rng.random(len(negs)) < self.cold_dropout, device=dev)
-        neg_vec, neg_bias = net.item_parts(negs, table[0][negs], table[1][negs], hide)
+        when = float(ex.times[idx].min()) if ex.times is not None else np.inf
+        numeric, categories = self._table.as_of(table[negs.cpu().numpy()], when)
+        neg_vec, neg_bias = net.item_parts(negs, torch.as_tensor(numeric, device=dev),
+                                           torch.as_tensor(categories, device=dev), hide)
         neg = (vec @ neg_vec.T + neg_bias).masked_fill(negs.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
         return torch.logsumexp(torch.cat([pos.unsqueeze(1), neg], dim=1), dim=1) - pos
 
-    def _table_tensors(self, examples: Examples) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The negatives' context table when these examples train the context part, else None.
-
-        Examples without context train the id part only (the context layers are left alone).
-        """
+    def _table_codes(self, examples: Examples) -> np.ndarray | None:
+        """Item table codes of this ranker's item rows when these examples train the context
+        part, else None: examples without context train the id part only."""
         if not (examples.has_context and self.uses_context):
             return None
-        numeric, categories = self.item_table()
-        return torch.as_tensor(numeric, device=self.device), torch.as_tensor(categories, device=self.device)
+        return self._table.rows_of(self.items.ids())
+
+    def _batches(self, examples: Examples, timed: bool) -> list[np.ndarray]:
+        """Shuffled batches; with a timed item table, of neighbouring times (`time_batches`)."""
+        if timed and examples.times is not None and self._table.timed:
+            return time_batches(examples.times, self.batch_size, self._rng)
+        order = self._rng.permutation(len(examples))
+        return [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
     def _batch_loss(self, ex: Examples, idx: np.ndarray,
-                    table: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    table: np.ndarray | None = None) -> torch.Tensor:
         dev = self.device
         users = torch.as_tensor(ex.users[idx], device=dev)
         hist = torch.as_tensor(ex.history[idx], device=dev)
@@ -328,17 +317,16 @@ class SlowRanker:
         if not len(examples):
             return []
         self._ensure_capacity()
-        table = self._table_tensors(examples)
+        table = self._table_codes(examples)
         was_training = self.net.training
         self.net.train()
         opt = torch.optim.Adam(self.net.parameters(), lr=lr or self.lr, weight_decay=self.weight_decay)
         history = []
         try:
             for epoch in range(epochs if epochs is not None else self.epochs):
-                order = self._rng.permutation(len(examples))
                 total, batches = 0.0, 0
-                for start in range(0, len(order), self.batch_size):
-                    loss = self._batch_loss(examples, order[start:start + self.batch_size], table)
+                for batch in self._batches(examples, timed=table is not None):
+                    loss = self._batch_loss(examples, batch, table)
                     if penalty is not None:
                         loss = loss + penalty(self.net)
                     opt.zero_grad()
@@ -356,7 +344,7 @@ class SlowRanker:
     def sgd_step(self, examples: Examples, lr: float) -> float:
         """One plain SGD step on `examples` (the naive fine-tuning baseline)."""
         self._ensure_capacity()
-        loss = self._batch_loss(examples, np.arange(len(examples)), self._table_tensors(examples))
+        loss = self._batch_loss(examples, np.arange(len(examples)), self._table_codes(examples))
         self.net.zero_grad()
         loss.backward()
         with torch.no_grad():
@@ -378,11 +366,7 @@ class SlowRanker:
             self._pool_w = net.pool.weight.detach().cpu().numpy().astype(np.float32)
             self._pool_b = net.pool.bias.detach().cpu().numpy().astype(np.float32)
             self._user_emb = net.user_emb.weight.detach().cpu().numpy().astype(np.float32)
-            numpy = lambda layer: None if layer is None else layer.detach().cpu().numpy().astype(np.float32)  # noqa: E731
-            self._context_w = numpy(net.context.weight if net.context is not None else None)
-            self._item_context_w = numpy(getattr(net, "item_context", None) and net.item_context.weight)
-            self._category = numpy(getattr(net, "category", None) and net.category.weight)
-            self._unknown_item = numpy(getattr(net, "unknown_item", None))
+            self._context = ContextWeights.of(net)
 
     @property
     def item_vectors(self) -> np.ndarray:
@@ -434,12 +418,9 @@ class SlowRanker:
         out = np.zeros(len(rows), dtype=np.float32)
         if not self.uses_context:
             return out
-        user_part = (self._context_w @ np.asarray(context.user, np.float32) if self._context_w is not None
-                     else np.zeros(self.dim, np.float32))
+        user_part = self._context.user_part(context.user)
         known = (rows >= 0) & (rows < len(self._item_out))
         out[known] = self._item_out[rows[known]] @ user_part
-        if self._unknown_item is None:
-            return out
         if item_parts is None:
             item_parts = self.item_context_parts(rows, context.items, context.categories)
         u = np.asarray(base, np.float32) + user_part
@@ -452,15 +433,24 @@ class SlowRanker:
         for rows without an id (-1). Zeros for a model without item context.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        parts = np.zeros((len(rows), self.dim + 1), dtype=np.float32)
-        if self._unknown_item is None:
-            return parts
-        if self._item_context_w is not None:
-            parts += np.asarray(items, np.float32) @ self._item_context_w.T
-        if self._category is not None:
-            parts += self._category[np.asarray(categories, np.int64)]
-        parts[(rows < 0) | (rows >= len(self._item_out))] += self._unknown_item
-        return parts
+        return self._context.item_parts((rows < 0) | (rows >= len(self._item_out)), items, categories)
+
+    def context_user_vector(self, base: np.ndarray, user: np.ndarray) -> np.ndarray:
+        """The user vector with context: the id-only vector `base` plus the user context part."""
+        return np.asarray(base, np.float32) + self._context.user_part(user)
+
+    def context_item_vectors(self, rows: np.ndarray, items: np.ndarray,
+                             categories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item vectors V (N, dim), biases b (N,)) with context: full scores are ``V @ u + b``
+        for u from `context_user_vector`. Rows without an id (-1) have no id part. To score a
+        whole catalogue for many users, keep V and b while the items' context stays the same."""
+        rows = np.asarray(rows, dtype=np.int64)
+        known = (rows >= 0) & (rows < len(self._item_out))
+        parts = self.item_context_parts(rows, items, categories)
+        vectors, biases = parts[:, : self.dim].copy(), parts[:, self.dim].copy()
+        vectors[known] += self._item_out[rows[known]]
+        biases[known] += self._item_bias[rows[known]]
+        return vectors, biases
 
     def score(self, user_id: str, recent_items: Sequence[str], item_ids: Sequence[str],
               context: ContextArrays | None = None) -> np.ndarray:
