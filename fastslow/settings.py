@@ -72,3 +72,12 @@ class Settings(BaseSettings):
 
     champion_poll_s: float = 5.0
     """Seconds between the server's and the worker's polls of the registry for a new champion (FASTSLOW_CHAMPION_POLL_S)."""
+
+    rate_limit_per_s: float = 1.0
+    """Per-user rate limit of the worker: events a user's bucket regains per second of event time; 0 turns limiting off (FASTSLOW_RATE_LIMIT_PER_S)."""
+
+    rate_limit_burst: int = 500
+    """Per-user rate limit of the worker: events one user may send at once (FASTSLOW_RATE_LIMIT_BURST)."""
+
+    fault: str | None = None
+    """Fault injection for crash tests: point:n SIGKILLs the worker the n-th time it reaches the point, e.g. snapshot:3 (FASTSLOW_FAULT)."""

@@ -26,6 +26,7 @@ champion_reload_failures_total           counter    watcher polls that failed (s
 events_consumed_total                    counter    messages the in-process worker read
 events_applied_total                     counter    events it learned
 dlq_total                                counter    messages it sent to the dead-letter topic
+rate_limited_total                       counter    of those, events over their user's rate limit
 duplicates_total                         counter    redelivered events it skipped
 consumer_lag                             gauge      per partition: high watermark - next offset
 consumer_lag_total                       gauge      summed over its partitions
@@ -113,6 +114,8 @@ def _worker_families(stats: Any) -> Iterator[Metric]:
     for name, value, help_text in (("events_consumed", stats.records, "Messages the in-process worker read"),
                                    ("events_applied", stats.events_applied, "Events the worker learned"),
                                    ("dlq", stats.dlq, "Messages sent to the dead-letter topic"),
+                                   ("rate_limited", stats.rate_limited, "Events over their user's rate limit "
+                                                                        "(in the dead-letter topic too)"),
                                    ("duplicates", stats.duplicates, "Redelivered events skipped")):
         yield CounterMetricFamily(f"fastslow_{name}", help_text, value=value)
     lag = GaugeMetricFamily("fastslow_consumer_lag", "Records behind per partition (high watermark minus "

@@ -146,6 +146,7 @@ class Runtime:
         """
         from consolidation.registry import ModelRegistry, NoChampionError, default_tracking_uri
         from models.fastslow import FastSlow
+        from streaming.ratelimit import rate_limit_of
 
         uri = settings.mlflow_tracking_uri or default_tracking_uri(settings.data_dir)
         registry = ModelRegistry(uri, settings.model_name)
@@ -158,7 +159,8 @@ class Runtime:
         logger.info("serving champion v%d of %s (%d items)", version, settings.model_name, len(ranker.items))
         return cls(FastSlow(ranker=ranker), bootstrap=bootstrap, consume=consume, worker_id=worker_id,
                    data_dir=settings.data_dir, registry=registry, champion_version=version,
-                   features=_feature_client(settings), poll_interval_s=settings.champion_poll_s)
+                   features=_feature_client(settings), poll_interval_s=settings.champion_poll_s,
+                   worker_options={"rate_limit": rate_limit_of(settings.rate_limit_per_s, settings.rate_limit_burst)})
 
     # -- lifecycle -------------------------------------------------------------------------
 

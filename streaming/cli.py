@@ -136,11 +136,14 @@ def worker_command(
     """
     from fastslow.errors import FastslowError
     from fastslow.settings import Settings
+    from infra.faults import arm
     from streaming.kafka import DEFAULT_PARTITIONS, TopicSpec, ensure_topics
+    from streaming.ratelimit import rate_limit_of
     from streaming.worker import Worker
 
     settings = Settings()
     _quiet_kafka(settings.log_level)
+    arm(settings.fault)
     bootstrap = resolve_bootstrap(bootstrap_servers, settings.kafka_bootstrap)
     try:
         recommender, watch = worker_model(model, settings, data_dir or settings.data_dir)
@@ -153,7 +156,8 @@ def worker_command(
                         data_dir=data_dir or settings.data_dir, worker_id=worker_id,
                         max_poll_records=max_poll_records, flush_interval_s=flush_interval,
                         snapshot_interval_s=snapshot_interval, snapshot_events=snapshot_events,
-                        dedup_window=dedup_window)
+                        dedup_window=dedup_window,
+                        rate_limit=rate_limit_of(settings.rate_limit_per_s, settings.rate_limit_burst))
         previous = {sig: signal.signal(sig, lambda signum, frame: worker.stop())
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:

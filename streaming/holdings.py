@@ -1,8 +1,9 @@
 """What a worker holds per partition, and how it is snapshotted, restored and handed over.
 
 For each partition it holds, the worker keeps a `Holding`: the next offset to read (every
-event before it is in the model), the users seen on the partition, the dedup window, and the
-events applied since the last archive write. `Holdings` saves all of it with the model in
+event before it is in the model), the users seen on the partition, the dedup window, the
+users' rate-limit buckets (`streaming.ratelimit`), and the events applied since the last
+archive write. `Holdings` saves all of it with the model in
 `streaming.snapshots` files and decides, when the group assigns partitions, which state to use:
 
 - A partition the worker still holds (same process, or restored from its own worker
@@ -27,8 +28,10 @@ import logging
 from collections.abc import Iterable
 
 from fastslow.errors import ConfigError
+from infra.faults import point as fault_point
 from streaming.archive import ArchiveSegment, EventArchive
 from streaming.dedup import DedupWindow
+from streaming.ratelimit import UserBuckets
 from streaming.snapshots import PartitionSnapshot, SnapshotError, SnapshotStore, WorkerSnapshot
 from streaming.state import supports_partitioned_state
 
@@ -38,14 +41,16 @@ logger = logging.getLogger(__name__)
 class Holding:
     """One partition's state in a worker."""
 
-    __slots__ = ("partition", "position", "users", "dedup", "segment")
+    __slots__ = ("partition", "position", "users", "dedup", "limits", "segment")
 
     def __init__(self, partition: int, position: int | None, users: Iterable[str] = (),
-                 dedup: DedupWindow | None = None, dedup_window: int = 100_000) -> None:
+                 dedup: DedupWindow | None = None, dedup_window: int = 100_000,
+                 limits: UserBuckets | None = None) -> None:
         self.partition = partition
         self.position = position
         self.users: set[str] = set(users)
         self.dedup = dedup if dedup is not None else DedupWindow(dedup_window)
+        self.limits = limits if limits is not None else UserBuckets()
         self.segment = ArchiveSegment(partition)
 
     def take_segment(self) -> ArchiveSegment:
@@ -87,7 +92,8 @@ class Holdings:
                                 f"a {type(model).__name__}")
         for p, offset in snapshot.offsets.items():
             self.held[p] = Holding(p, offset, snapshot.users.get(p, ()),
-                                   DedupWindow(self.dedup_window, snapshot.dedup.get(p, ())))
+                                   DedupWindow(self.dedup_window, snapshot.dedup.get(p, ())),
+                                   limits=UserBuckets(snapshot.limits.get(p)))
         logger.info("restored worker snapshot of %s: partitions %s at offsets %s", self.worker_id,
                     sorted(snapshot.offsets), [snapshot.offsets[p] for p in sorted(snapshot.offsets)])
         return snapshot.model
@@ -99,14 +105,17 @@ class Holdings:
             self.topic, self.group_id, self.worker_id, model,
             offsets={p: h.position for p, h in held.items()},
             users={p: sorted(h.users) for p, h in held.items()},
-            dedup={p: h.dedup.ids() for p, h in held.items()}))
+            dedup={p: h.dedup.ids() for p, h in held.items()},
+            limits={p: h.limits.state() for p, h in held.items()}))
+        fault_point("snapshot")
         partitioned = supports_partitioned_state(model)
         for p, h in held.items():
             if self._written.get(p) == h.position:  # unchanged since our last file for it
                 continue
             state = model.export_users(sorted(h.users)) if partitioned else None
             self.store.write_partition(PartitionSnapshot(self.topic, p, h.position, self.worker_id,
-                                                         sorted(h.users), h.dedup.ids(), state))
+                                                         sorted(h.users), h.dedup.ids(), state,
+                                                         limits=h.limits.state()))
             self._written[p] = h.position
 
     def assign(self, partitions: Iterable[int], model: object) -> dict[int, int | None]:
@@ -165,7 +174,7 @@ class Holdings:
         elif snapshot.users:
             self._warn_not_partitioned(model)
         self.held[p] = Holding(p, snapshot.offset, snapshot.users,
-                               DedupWindow(self.dedup_window, snapshot.dedup))
+                               DedupWindow(self.dedup_window, snapshot.dedup), limits=UserBuckets(snapshot.limits))
         logger.info("partition %d: adopted snapshot of %s at offset %d (%d users)", p, snapshot.writer,
                     snapshot.offset, len(snapshot.users))
 

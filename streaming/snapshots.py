@@ -5,9 +5,9 @@ Two kinds of file live under ``<data dir>/snapshots/<topic>/<group>/`` (`snapsho
 ``worker-<worker id>.snapshot`` (`WorkerSnapshot`)
     The whole model (pickled: per-user state *and* global state), and for each partition the
     worker held: the next offset to read (every event before it is in the model), the user ids
-    seen on it and its dedup window. Restored when a worker with the same id starts again.
+    seen on it, its dedup window and rate-limit buckets. Restored when a worker with the same id starts again.
 ``partition-<p>.snapshot`` (`PartitionSnapshot`)
-    One partition: its next offset, its users, its dedup window, and the users' state from
+    One partition: its next offset, its users, its dedup window and rate-limit buckets, and the users' state from
     `streaming.state.PartitionedState.export_users` (None for models without it), plus the
     id of the worker that wrote it. Restored by whichever worker is assigned the partition.
 
@@ -91,6 +91,8 @@ class PartitionSnapshot:
     users: list[str]
     dedup: list[str]
     state: bytes | None
+    limits: dict = field(default_factory=dict)
+    """The partition's rate-limit buckets (`streaming.ratelimit.UserBuckets.state`)."""
     written_at: float = field(default_factory=time.time)
 
 
@@ -105,6 +107,8 @@ class WorkerSnapshot:
     offsets: dict[int, int]
     users: dict[int, list[str]]
     dedup: dict[int, list[str]]
+    limits: dict[int, dict] = field(default_factory=dict)
+    """Per partition, its rate-limit buckets (snapshots written before they existed have none)."""
     written_at: float = field(default_factory=time.time)
 
 

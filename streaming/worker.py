@@ -6,7 +6,8 @@ batch it
 1. decodes and validates every message at once (`streaming.decode.decode_batch`, the rules
    of `streaming.events`); a bad one goes to the dead-letter topic with its original key,
    value and headers plus the reason in headers (`streaming.dlq`);
-2. skips an event whose ``event_id`` it applied recently (`streaming.dedup`);
+2. skips an event whose ``event_id`` it applied recently (`streaming.dedup`), and sends one
+   over its user's rate limit (`streaming.ratelimit`, when given) to the dead-letter topic;
 3. applies the others to the model with ``learn_one`` in each partition's offset order, the
    call the prequential replay makes (`evaluation.protocol`), then calls the model's
    ``flush()`` if it has one (`models.fastslow.FastSlow` queues per-event work and applies it
@@ -25,7 +26,8 @@ each event is applied exactly once to the fast state: events after the snapshot 
 again, and the archive first drops what it held beyond the snapshot. Committed offsets are
 for monitoring and for partitions that have no snapshot at all; snapshots decide where state
 resumes. Dead letters of the re-read range are sent again (their ``fastslow.source.*``
-headers identify copies).
+headers identify copies). Crash points marked with `infra.faults.point` (``apply``,
+``commit``, and ``snapshot`` in `streaming.holdings`) let tests stop the process there.
 
 Partitions and users: message keys must be user ids (`streaming.partitioning`), so each
 user's state lives on the worker owning the user's partition. With a model implementing
@@ -74,12 +76,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from infra.faults import point as fault_point
 from streaming.archive import ArchiveWriter, EventArchive, archive_dir
 from streaming.decode import decode_batch, now_ms
 from streaming.dlq import DeadLetterQueue
 from streaming.events import MAX_FUTURE_SKEW
 from streaming.holdings import Holding, Holdings
 from streaming.kafka import TOPIC_DLQ, TOPIC_INTERACTIONS, make_consumer, make_producer
+from streaming.ratelimit import RateLimit, rate_limited_error
 from streaming.snapshots import SnapshotStore, check_worker_id, snapshot_dir
 from streaming.worker_stats import BatchReport, WorkerStats
 
@@ -120,6 +124,9 @@ class Worker:
         Event ids remembered per partition for duplicate detection.
     max_future_skew
         Events time-stamped further ahead of the worker's clock are rejected.
+    rate_limit
+        Per-user limit (`streaming.ratelimit`); events over it go to the dead-letter topic,
+        neither learned nor archived. None: no limit.
     durable
         fsync archive and snapshot files (turn off only for throwaway runs).
     on_batch
@@ -136,14 +143,14 @@ class Worker:
                  snapshot_interval_s: float = 60.0, snapshot_events: int = 1_000_000,
                  dedup_window: int = 100_000, max_future_skew: timedelta = MAX_FUTURE_SKEW,
                  durable: bool = True, on_batch: Callable[[BatchReport], None] | None = None,
-                 consumer_options: dict[str, Any] | None = None) -> None:
+                 consumer_options: dict[str, Any] | None = None, rate_limit: RateLimit | None = None) -> None:
         self.model = model
         self.bootstrap, self.topic, self.dlq_topic, self.group_id = bootstrap, topic, dlq_topic, group_id
         self.data_dir, self.worker_id = Path(data_dir), check_worker_id(worker_id)
         self.max_poll_records, self.poll_timeout_s = max_poll_records, poll_timeout_s
         self.flush_interval_s, self.flush_events = flush_interval_s, flush_events
         self.snapshot_interval_s, self.snapshot_events = snapshot_interval_s, snapshot_events
-        self.max_future_skew, self.on_batch = max_future_skew, on_batch
+        self.max_future_skew, self.on_batch, self.rate_limit = max_future_skew, on_batch, rate_limit
         self.consumer_options = dict(consumer_options or {})
         self.stats = WorkerStats(worker_id=worker_id)
         self.lock = threading.RLock()
@@ -252,37 +259,46 @@ class Worker:
         columns = decoded.learn_columns()
         ends = np.cumsum([len(part) for _, part in parts])
         rows = np.searchsorted(decoded.positions, np.concatenate([[0], ends]))
-        duplicates, users = 0, set()
+        duplicates, limited, users = 0, 0, set()
         for k, (tp, part) in enumerate(parts):
             holding = self.holdings.held[tp.partition]
             first, last = int(rows[k]), int(rows[k + 1])
-            kept = self._learn(holding, [column[first:last] for column in columns], users)
-            duplicates += (last - first) - len(kept)
+            kept, over = self._learn(holding, [column[first:last] for column in columns], users)
+            for row in over:
+                self._dlq.send(records[int(decoded.positions[first + row])],
+                               rate_limited_error(columns[1][first + row], self.rate_limit))
+            duplicates += (last - first) - len(kept) - len(over)
+            limited += len(over)
             offsets = [records[i].offset for i in decoded.positions[first:last][kept].tolist()]
             holding.segment.add(decoded.events.slice(first, last - first).take(pa.array(kept)), offsets)
             holding.segment.cover(part[0].offset, part[-1].offset)
             holding.position = part[-1].offset + 1
+            fault_point("apply")
         self._flush_model()
-        applied = decoded.events.num_rows - duplicates
-        report = BatchReport(len(records), applied, len(decoded.rejected), duplicates, users,
-                             time.perf_counter() - started)
+        applied = decoded.events.num_rows - duplicates - limited
+        report = BatchReport(len(records), applied, len(decoded.rejected) + limited, duplicates, users,
+                             time.perf_counter() - started, rate_limited=limited)
         self.stats.record_batch(report, records[-1].timestamp)
         return report
 
-    def _learn(self, holding: Holding, columns: list[list], users: set[str]) -> np.ndarray:
-        """Apply one partition's valid events unless already applied; return the rows applied."""
-        learn, lock = self.model.learn_one, self.lock
+    def _learn(self, holding: Holding, columns: list[list], users: set[str]) -> tuple[np.ndarray, list[int]]:
+        """Apply one partition's valid events unless already applied or over the user's rate limit;
+        return the rows applied and the rows rate limited."""
+        learn, lock, limit = self.model.learn_one, self.lock, self.rate_limit
         seen, partition_users = holding.dedup.add, holding.users.add
-        kept = []
+        kept, limited = [], []
         for row, (event_id, user, item, stamp, event_type, value) in enumerate(zip(*columns)):
             if not seen(event_id):
+                continue
+            if limit is not None and not limit.allow(holding.limits, user, stamp):
+                limited.append(row)
                 continue
             with lock:
                 learn(user, item, stamp / 1000, event_type, value)
             partition_users(user)
             users.add(user)
             kept.append(row)
-        return np.array(kept, dtype=np.int64)
+        return np.array(kept, dtype=np.int64), limited
 
     def _flush_model(self) -> None:
         """Let a model that queues per-event work (``flush``) apply the batch now, in one go."""
@@ -324,6 +340,7 @@ class Worker:
         from kafka import errors
 
         commit = self._consumer.commit if wait else self._consumer.commit_async
+        fault_point("commit")
         try:
             commit(self._offset_metadata(offsets))
             self._committed.update(offsets)

@@ -33,6 +33,8 @@ class BatchReport:
     """Users whose state changed."""
     seconds: float
     """Wall time to decode and apply the batch."""
+    rate_limited: int = 0
+    """Events over their user's rate limit (sent to the dead-letter topic, counted in ``rejected``)."""
 
 
 @dataclass
@@ -43,6 +45,9 @@ class WorkerStats:
     records: int = 0
     events_applied: int = 0
     dlq: int = 0
+    """Messages sent to the dead-letter topic (invalid or rate limited)."""
+    rate_limited: int = 0
+    """Of those, events over their user's rate limit."""
     duplicates: int = 0
     batches: int = 0
     commits: int = 0
@@ -63,6 +68,7 @@ class WorkerStats:
         self.records += report.records
         self.events_applied += report.applied
         self.dlq += report.rejected
+        self.rate_limited += report.rate_limited
         self.duplicates += report.duplicates
         self.batches += 1
         self.last_apply_seconds = report.seconds
@@ -77,7 +83,7 @@ class WorkerStats:
     def as_dict(self) -> dict:
         """A JSON-ready copy (partition keys as strings)."""
         return {"worker_id": self.worker_id, "records": self.records, "events_applied": self.events_applied,
-                "dlq": self.dlq, "duplicates": self.duplicates, "batches": self.batches,
+                "dlq": self.dlq, "rate_limited": self.rate_limited, "duplicates": self.duplicates, "batches": self.batches,
                 "commits": self.commits, "snapshots": self.snapshots, "assigned": list(self.assigned),
                 "lag": {str(p): n for p, n in sorted(self.lag.items())}, "total_lag": self.total_lag,
                 "last_apply_seconds": self.last_apply_seconds, "last_apply_latency_ms": self.last_apply_latency_ms,
