@@ -241,9 +241,8 @@ class FastSlow(Recommender):
     def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
         self._learn_gate(user_id, item_id)
         state = self._fast.get(user_id)
-        history = np.frombuffer(state.recent, dtype=np.int64).copy() if state is not None and len(state.recent) \
-            else np.zeros(0, np.int64)
-        row = self._stats.observe(item_id, timestamp)
+        history = bytes(state.recent) if state is not None else b""   # the user's rows before this event
+        row = self._stats.register(item_id)
         if row >= len(self._slow_rows) or self._slow_rows[row] < 0:
             self._map_item(row)
         self._fast.remember(user_id, row, timestamp)
@@ -285,10 +284,13 @@ class FastSlow(Recommender):
         users = [q[0] for q in queue]
         items = [q[1] for q in queue]
         times = np.array([q[3] for q in queue])
-        self._stats.link([q[6] for q in queue], [q[2] for q in queue])
+        rows = np.array([q[2] for q in queue], dtype=np.int64)
+        histories = [np.frombuffer(q[6], dtype=np.int64) for q in queue]
+        self._stats.count(rows, times)
+        self._stats.link(histories, rows)
         base = ranker.user_vectors_rows(np.array([self._slow_user(u) for u in users]),
-                                        [self._slow_rows[q[6]] for q in queue])
-        slow_rows = self._slow_rows[np.array([q[2] for q in queue])]
+                                        [self._slow_rows[h] for h in histories])
+        slow_rows = self._slow_rows[rows]
         learnable = slow_rows >= 0
         negs = np.zeros((len(queue), self.negatives), dtype=np.int64)
         if learnable.any() and len(ranker.items):
@@ -308,7 +310,7 @@ class FastSlow(Recommender):
                 self._fast.touch(users[n], times[n])
                 keys[n] += self._fast.vector(users[n], times[n])
         user_rows = [self._users.add(u) for u in users]
-        ids = self._memory.add(_unit(keys), np.array([q[2] for q in queue]), np.array(user_rows), times,
+        ids = self._memory.add(_unit(keys), rows, np.array(user_rows), times,
                                np.array([q[4] for q in queue], dtype=np.int8),
                                np.array([q[5] for q in queue], dtype=np.float32))
         self._cap_memory(user_rows, ids)

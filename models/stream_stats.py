@@ -88,10 +88,21 @@ class StreamStats:
     def observe(self, item_id: str, timestamp: float) -> int:
         """Count one interaction with the item (registering it if new); returns its row."""
         row = self.register(item_id)
-        self.counts[row] += 1
-        self._inv_sqrt[row] = 1.0 / math.sqrt(self.counts[row] + 1.0)
-        self._bump_popularity(row, timestamp)
+        self.count(np.array([row]), np.array([timestamp]))
         return row
+
+    def count(self, rows: np.ndarray, timestamps: np.ndarray) -> None:
+        """Count interactions with registered item rows at the given times (vectorised)."""
+        np.add.at(self.counts, rows, 1.0)
+        touched = np.unique(rows)
+        self._inv_sqrt[touched] = 1.0 / np.sqrt(self.counts[touched] + 1.0)
+        # Decayed counts are stored as of `_pop_time`; an event at t adds 0.5**((_pop_time - t)/H).
+        # Re-reference to a newer time at most once per half-life (an exact rescale).
+        newest, half_life = float(timestamps.max()), self.popularity_half_life
+        if self._pop_time == 0.0 or newest - self._pop_time > half_life:
+            self._pop *= math.pow(0.5, max(newest - self._pop_time, 0.0) / half_life)
+            self._pop_time = newest
+        np.add.at(self._pop, rows, np.power(0.5, (self._pop_time - timestamps) / half_life))
 
     def link(self, histories: Sequence[np.ndarray], rows: Sequence[int]) -> None:
         """Learn that each item row followed its history (the user's previous rows, oldest first)."""
@@ -107,14 +118,6 @@ class StreamStats:
         row = self.observe(item_id, timestamp)
         self.link([np.asarray(recent, dtype=np.int64)], [row])
         return row
-
-    def _bump_popularity(self, row: int, timestamp: float) -> None:
-        # Decayed counts are stored as of `_pop_time`; an event at t adds 0.5**((_pop_time - t)/H).
-        # Re-reference to a newer time at most once per half-life, so an event costs O(1).
-        if self._pop_time == 0.0 or timestamp - self._pop_time > self.popularity_half_life:
-            self._pop *= math.pow(0.5, max(timestamp - self._pop_time, 0.0) / self.popularity_half_life)
-            self._pop_time = timestamp
-        self._pop[row] += math.pow(0.5, (self._pop_time - timestamp) / self.popularity_half_life)
 
     def recent_popularity(self, now: float, rows: np.ndarray | None = None) -> np.ndarray:
         """Recency-weighted counts as of `now`, per item row (all of them, or just `rows`)."""
