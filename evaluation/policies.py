@@ -21,6 +21,7 @@ POLICIES: dict[str, str] = {
     "ewc": "consolidation.policy:ewc",
     "fast-only": "models.fastslow:fast_only",
     "fast-slow": "models.fastslow:fast_slow",
+    "fast-slow-consolidating": "consolidation.policy:fast_slow_consolidating",
 }
 
 
@@ -32,7 +33,7 @@ def make_policy(name: str, seed: int = 0) -> Recommender:
     >>> make_policy("nope")
     Traceback (most recent call last):
     ...
-    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: ewc, fast-only, fast-slow, finetune, implicit-als, itemknn, popularity, river-mf, slow
+    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: ewc, fast-only, fast-slow, fast-slow-consolidating, finetune, implicit-als, itemknn, popularity, river-mf, slow
     """
     target = POLICIES.get(name)
     if target is None:
