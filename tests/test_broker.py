@@ -154,20 +154,38 @@ def test_lag_from_producer_ends_and_committed_offsets(broker):
 
 @pytest.mark.slow
 def test_two_group_members_split_the_partitions(broker):
+    """Each member polls in its own thread, as two workers would: a rebalance needs both to
+    rejoin, which one thread alternating between blocking polls cannot guarantee under load."""
+    import threading
+
     topic, group = _unique("split"), _unique("group")
     ensure_topics(broker, [TopicSpec(topic, partitions=4)])
     members = [make_consumer(broker, group, [topic]) for _ in range(2)]
+    owned: list[set[int]] = [set(), set()]
+    settled = threading.Event()
+
+    def poll_loop(index: int) -> None:
+        while not settled.is_set():
+            members[index].poll(timeout_ms=200)
+            owned[index] = {tp.partition for tp in members[index].assignment()}
+
+    threads = [threading.Thread(target=poll_loop, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
     try:
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            for member in members:
-                member.poll(timeout_ms=200)
-            owned = [{tp.partition for tp in m.assignment()} for m in members]
-            if all(owned) and sum(map(len, owned)) == 4:
+            snapshot = [set(o) for o in owned]
+            if all(snapshot) and sum(map(len, snapshot)) == 4:
                 break
-        assert all(owned), f"a member got nothing: {owned}"
-        assert owned[0].isdisjoint(owned[1]) and owned[0] | owned[1] == {0, 1, 2, 3}
+            time.sleep(0.1)
+        settled.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert all(snapshot), f"a member got nothing: {snapshot}"
+        assert snapshot[0].isdisjoint(snapshot[1]) and snapshot[0] | snapshot[1] == {0, 1, 2, 3}
     finally:
+        settled.set()
         for member in members:
             member.close()
 
