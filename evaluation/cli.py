@@ -24,6 +24,10 @@ def replay_command(
     seed: Annotated[int, typer.Option(help="Seed for every policy's randomness.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON result here too.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw cumulative HR@k over time to this PNG.")] = None,
+    features: Annotated[bool, typer.Option("--features", help="Also run each of slow, finetune, ewc, fast-slow "
+                                           "as NAME+features: Feast context (own temporary repository, "
+                                           "micro-batch pushes, point-in-time warm-up training).")] = False,
+    feature_batch: Annotated[int, typer.Option(min=1, help="With --features: learned events per push.")] = 256,
     user_col: UserColOption = "user_id", item_col: ItemColOption = "item_id",
     time_col: TimeColOption = "timestamp", type_col: TypeColOption = None,
     value_col: ValueColOption = None, id_col: IdColOption = None,
@@ -53,8 +57,18 @@ def replay_command(
             ground_truth = load_truth(truth_source)
         except TruthNotFoundError as exc:
             raise typer.BadParameter(str(exc), param_hint="--truth") from None
-    report = run_replay(EventStream.from_table(table), policy, k=k, warmup=warmup,
-                        include_seen=include_seen, truth=ground_truth, seed=seed, source=str(events))
+    stream = EventStream.from_table(table)
+    if features:
+        from evaluation.features_replay import (FeatureSetup, feature_policy_factory, read_catalogue,
+                                                warmup_end_s, with_feature_variants)
+
+        with FeatureSetup(read_catalogue(events), warmup_end_s(stream, warmup), feature_batch) as setup:
+            report = run_replay(stream, with_feature_variants(policy), k=k, warmup=warmup,
+                                include_seen=include_seen, truth=ground_truth, seed=seed, source=str(events),
+                                make=feature_policy_factory(setup))
+    else:
+        report = run_replay(stream, policy, k=k, warmup=warmup, include_seen=include_seen,
+                            truth=ground_truth, seed=seed, source=str(events))
     if plot is not None:
         plot_cumulative_hr(report, plot)
     text = report.to_json()

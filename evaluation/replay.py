@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from evaluation.adaptation import AdaptationTracker
 from evaluation.policies import make_policy
 from evaluation.protocol import PolicyResult, prequential, warmup_size
 from evaluation.stream import EventStream
+from models.base import Recommender
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +40,19 @@ def _progress_bar(disable: bool) -> Progress:
 
 def run_replay(stream: EventStream, policies: list[str], *, k: int = 10, warmup: float = 0.2,
                include_seen: bool = False, truth=None, seed: int = 0, source: str = "",
-               show_progress: bool = True) -> ReplayReport:
-    """Replay `stream` through each named policy; every policy sees exactly the same events."""
+               show_progress: bool = True, make: Callable[..., Recommender] = make_policy) -> ReplayReport:
+    """Replay `stream` through each named policy; every policy sees exactly the same events.
+
+    ``make(name, seed=seed)`` builds each policy (`evaluation.features_replay` passes one that
+    knows the ``+features`` names); a policy with a ``report()`` method adds its dict to its
+    JSON entry.
+    """
     n_warm = warmup_size(len(stream), warmup)
     results = []
     trackers = {}
     with _progress_bar(not show_progress) as bar:
         for name in policies:
-            policy = make_policy(name, seed=seed)
+            policy = make(name, seed=seed)
             task = bar.add_task(f"{name:>13}", total=len(stream) - n_warm, rate="-")
             tracker = AdaptationTracker(truth, stream, n_warm) if truth is not None else None
             done = {"n": 0}
@@ -62,6 +69,8 @@ def run_replay(stream: EventStream, policies: list[str], *, k: int = 10, warmup:
                        rate=f"{result.evaluated / max(result.seconds, 1e-9):,.0f}")
             if tracker is not None:
                 result.extra.update(tracker.summary())
+            if hasattr(policy, "report"):
+                result.extra.update(policy.report())
             results.append(result)
             trackers[name] = tracker
             logger.info("%s: hr@%d=%.4f ndcg@%d=%.4f", name, k, result.hr, k, result.ndcg)

@@ -277,6 +277,31 @@ class FeatureContext:
         logger.info("training context for %d events; defaults per view: %s", len(frame), frame.attrs["defaults"])
         return ContextArrays(user, items, categories)
 
+    def item_history(self, item_ids: Sequence[str] | None = None
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Every change of items' context in the offline store, encoded, for negatives in training.
+
+        Returns (item ids, (n, n_item) numeric, (n,) categories, (n,) unix seconds from which
+        each holds), one entry per offline row of an item view (all items, or `item_ids`),
+        each carrying the item's latest values of every item view as of that row: what
+        `models.slow.SlowRanker.set_item_table` takes.
+        """
+        from features.offline import OfflineLog
+        from features.schema import TIMESTAMP, VIEWS
+
+        log = OfflineLog(self.client.repo_dir)
+        rows = pd.concat([log.read(view).to_pandas() for view in ITEM_VIEWS], ignore_index=True)
+        if item_ids is not None:
+            rows = rows[rows["item_id"].isin(set(item_ids))]
+        rows = rows.sort_values(["item_id", TIMESTAMP], kind="stable").reset_index(drop=True)
+        defaults = {f: d for view in ITEM_VIEWS for f, d in VIEWS[view].defaults.items()}
+        rows[list(defaults)] = rows.groupby("item_id", sort=False)[list(defaults)].ffill()
+        values = {f: rows[f].fillna(d).to_numpy() for f, d in defaults.items()}
+        numeric, categories = encode_items(self.spec, values)
+        times = ((pd.to_datetime(rows[TIMESTAMP], utc=True) - pd.Timestamp(0, tz="UTC"))
+                 / pd.Timedelta(seconds=1)).to_numpy(np.float64)
+        return rows["item_id"].astype(str).tolist(), numeric, categories, times
+
 
 class ItemTable:
     """Context of a growing list of items as whole arrays, re-read only where the store changed.
@@ -295,6 +320,8 @@ class ItemTable:
         self._numeric = np.zeros((0, len(provider.spec.item)), np.float32)
         self._categories = np.zeros(0, np.int64)
         self._dirty: set[int] = set()
+        self.version = 0
+        """Changes whenever `arrays` would return different values (rows added or re-read)."""
         provider.client.on_write(self._changed)
 
     def _changed(self, view: str, keys: list[str]) -> None:
@@ -323,6 +350,7 @@ class ItemTable:
             cats[: len(self._categories)] = self._categories
             self._numeric, self._categories = grown, cats
         if self._dirty:
+            self.version += 1
             rows = np.array(sorted(self._dirty), dtype=np.int64)
             self._dirty.clear()
             numeric, categories = self.provider.items([self.ids.id_of(int(r)) for r in rows])

@@ -29,12 +29,12 @@ import numpy as np
 
 from models.base import Recommender
 from models.fast import FastWeights, UserState
-from models.gate import FAST_SIGNALS, Gate
+from models.gate import FAST_SIGNALS, Gate, normalise
 from models.item_index import ItemIndex
 from models.kernels import splitmix_rows
 from models.memory import EpisodicMemory
 from models.scorer import VERBS, Scored, Signals, Sparse, candidate_features, reason_for, top_positive
-from models.slow import SlowRanker
+from models.slow import SlowRanker, slow_scores
 from models.stream_stats import StreamStats
 from models.vocab import Vocab
 
@@ -163,6 +163,10 @@ class FastSlow(Recommender):
         self._trending_at = 0
         self.clock = 0.0
         self.events = 0
+        self.context = None
+        """Where scoring reads context (``lookup(user_id, item_ids) -> ContextArrays``, e.g. a
+        `features.context.FeatureContext`); used when the slow model was trained with context.
+        A live connection: it is left out of pickles and snapshots (set it again after loading)."""
         if ranker is not None:
             self.use_ranker(ranker)
 
@@ -419,9 +423,18 @@ class FastSlow(Recommender):
             rows = rows[~np.isin(rows, self._stats.items.lookup(exclude))]
         slow, fast = candidate_features(rows, sig, self._slow_rows, self._ranker.item_vectors,
                                         self._ranker.item_biases)
+        if len(rows) and self.context is not None and self._ranker.uses_context:
+            slow = self._context_slow(user_id, rows, sig)
         request = self._request(user_id, sig)
         g, fast_score, blended = self._gate.parts(slow, fast, request)
         return Scored(user_id, rows, slow, fast, request, g, fast_score, blended)
+
+    def _context_slow(self, user_id: str, rows: np.ndarray, sig: Signals) -> np.ndarray:
+        """Normalised slow scores with the user's and the candidates' context (one lookup): the
+        id part plus `SlowRanker.context_scores`; an item the slow model has no row for is
+        scored by its context alone instead of sitting at the bottom."""
+        context = self.context.lookup(user_id, [self._stats.items.id_of(int(r)) for r in rows])
+        return normalise(slow_scores(self._ranker, sig.base, self._slow_rows[rows], context))
 
     def recommend(self, user_id, k, exclude=()) -> list[str]:
         """The top k for the user; the list is remembered so the user's next event teaches the gate."""
@@ -560,7 +573,13 @@ class FastSlow(Recommender):
     def __getstate__(self) -> dict:
         """Pickle the model as if every queued event had been applied."""
         self.flush()
-        return self.__dict__.copy()
+        state = self.__dict__.copy()
+        state["context"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("context", None)
 
 
 def fast_slow(seed: int = 0) -> FastSlow:

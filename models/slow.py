@@ -472,3 +472,27 @@ class SlowRanker:
     def clone(self) -> "SlowRanker":
         """An independent copy with the same weights and ids (consolidation trains a clone)."""
         return copy.deepcopy(self)
+
+
+def slow_scores(ranker: SlowRanker, base: np.ndarray, rows: np.ndarray, context: ContextArrays | None,
+                item_parts: np.ndarray | None = None) -> np.ndarray:
+    """Raw slow scores of item rows (-1: no row) for a user vector `base`, context added.
+
+    Without context an item with no row scores -inf; with it, its context alone.
+
+    >>> ranker = SlowRanker(dim=4, context={"user": [], "item": ["x"], "categories": 0})
+    >>> _ = ranker.build_examples(["u"], ["a"])
+    >>> ranker.refresh()
+    >>> ctx = ContextArrays(np.zeros(0), np.zeros((2, 1)), np.zeros(2, dtype=np.int64))
+    >>> slow_scores(ranker, np.zeros(4), np.array([0, -1]), ctx).tolist()   # untrained: context adds 0
+    [0.0, 0.0]
+    >>> slow_scores(ranker, np.zeros(4), np.array([0, -1]), None).tolist()
+    [0.0, -inf]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    known = (rows >= 0) & (rows < len(ranker.item_vectors))
+    out = np.full(len(rows), -np.inf if context is None else 0.0, dtype=np.float32)
+    out[known] = ranker.item_vectors[rows[known]] @ base + ranker.item_biases[rows[known]]
+    if context is not None:
+        out += ranker.context_scores(base, np.where(known, rows, -1), context, item_parts)
+    return out

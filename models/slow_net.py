@@ -61,6 +61,14 @@ class SlowRankerNet(nn.Module):
         self.item_out = nn.Embedding(n_items, dim)
         self.item_bias = nn.Embedding(n_items, 1)
         self.pool = nn.Linear(dim, dim)
+        nn.init.zeros_(self.user_emb.weight)
+        nn.init.normal_(self.item_in.weight, std=0.1)
+        nn.init.normal_(self.item_out.weight, std=0.1)
+        nn.init.zeros_(self.item_bias.weight)
+        with torch.no_grad():
+            self.item_in.weight[PAD].zero_()
+        # context layers come after the id layers' random initialisation, so with a given
+        # seed the id part starts out the same with or without context
         self.context = nn.Linear(n_context, dim, bias=False) if n_context else None
         # item context: columns 0..dim-1 add to the item vector, column dim to the item bias
         self.item_context = nn.Linear(n_item_context, dim + 1, bias=False) if n_item_context else None
@@ -69,12 +77,6 @@ class SlowRankerNet(nn.Module):
         for layer in (self.context, self.item_context, self.category):
             if layer is not None:
                 nn.init.zeros_(layer.weight)
-        nn.init.zeros_(self.user_emb.weight)
-        nn.init.normal_(self.item_in.weight, std=0.1)
-        nn.init.normal_(self.item_out.weight, std=0.1)
-        nn.init.zeros_(self.item_bias.weight)
-        with torch.no_grad():
-            self.item_in.weight[PAD].zero_()
 
     @property
     def n_users(self) -> int:

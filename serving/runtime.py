@@ -13,7 +13,8 @@
   rollback loads the new ranker (outside the lock) and swaps it in with
   ``model.use_ranker(new, keep_fast=0.0)`` under the lock, between two requests. A worker
   snapshot restored at start that holds another slow model is rebased the same way.
-- **Deleted users** (`forget_user`): their fast state and memory entries, their online
+- **Deleted users** (`forget_user`): their fast state and memory entries (also out of the
+  worker's partition user lists and, from its next step on, its snapshot files), their online
   features, and a tombstone in ``<data_dir>/deleted_users.txt`` that consolidation reads
   (`serving.deletion.DeletedUsers`). Tombstoned ids stay deleted: events for them are
   refused at intake, and any the worker still applies (produced before the deletion, or
@@ -134,6 +135,9 @@ class Runtime:
         self._threads: list[threading.Thread] = []
         self.deleted = DeletedUsers(self.data_dir / DELETED_USERS_FILE)
         self._broker = BrokerProbe(bootstrap) if bootstrap is not None else None
+        self.pusher = None
+        """The `features.pusher.FeaturePusher` the worker's batches go through (with features)."""
+        self._read_context(model)
 
     # -- building from settings ------------------------------------------------------------
 
@@ -180,6 +184,12 @@ class Runtime:
             if self.bootstrap is not None:
                 self._producer = make_producer(self.bootstrap, **_producer_timeouts(self.ack_timeout_s))
             if self.consume:
+                if self.features is not None:
+                    from features.pusher import FeaturePusher
+                    from features.store import FeatureStoreClient
+
+                    # its own client, so a push never holds up a lookup
+                    self.pusher = FeaturePusher(FeatureStoreClient(self.features.repo_dir))
                 self._start_worker()
             if self.registry is not None:
                 from consolidation.reload import ChampionWatcher
@@ -203,6 +213,12 @@ class Runtime:
                 thread.join()
         finally:
             self._threads = []
+            pusher, self.pusher = self.pusher, None
+            if pusher is not None:
+                try:
+                    pusher.close()
+                except Exception:  # noqa: BLE001 - logged by the pusher; shutting down regardless
+                    logger.error("the last feature pushes failed; online features may lag the fast state")
             producer, self._producer = self._producer, None
             if producer is not None:  # unacknowledged events expire within ack_timeout_s (their POSTs got 503)
                 producer.close(timeout=2 * self.ack_timeout_s)
@@ -228,8 +244,8 @@ class Runtime:
         try:
             if worker.model is not self._model:
                 self._reconcile_restored(worker)
-            with worker.lock:
-                worker.model.forget_users(list(self.deleted), deleted=True)
+                self._read_context(worker.model)
+            worker.forget_users(list(self.deleted), deleted=True)
         except BaseException:
             worker.close(snapshot=False)
             raise
@@ -265,15 +281,35 @@ class Runtime:
             worker.model.use_ranker(self._model.slow_model, keep_fast=KEEP_FAST)
 
     def _after_batch(self, report) -> None:
-        """Worker thread, after each batch: freshness, and deleted users applied again forgotten."""
+        """Worker thread, after each batch: freshness, deleted users applied again forgotten, the
+        batch's events pushed to the feature store (deleted users' left out)."""
         latency_ms = self.worker.stats.last_apply_latency_ms
         if latency_ms is not None:
             self.metrics.freshness.observe(max(latency_ms, 0.0) / 1000)
         again = self.deleted.among(report.users)
         if again:
-            with self.lock:
-                self.model.forget_users(sorted(again), deleted=True)
+            self.worker.forget_users(sorted(again), deleted=True)
             logger.info("forgot %d deleted users again after their events were applied", len(again))
+        if self.pusher is not None and report.events is not None:
+            events = report.events
+            if again:
+                import pyarrow as pa
+                import pyarrow.compute as pc
+
+                events = events.filter(pc.invert(pc.is_in(events.column("user_id"), pa.array(sorted(again)))))
+            self.pusher.push(events)
+
+    def _read_context(self, model: Any) -> None:
+        """Let ``model`` score with online context when its slow model was trained with it."""
+        if not hasattr(model, "context"):
+            return
+        ranker = model.slow_model
+        if self.features is None or not ranker.uses_context:
+            model.context = None
+            return
+        from features.context import FeatureContext
+
+        model.context = FeatureContext(self.features, ranker.context)
 
     # -- the champion watcher --------------------------------------------------------------
 
@@ -283,6 +319,7 @@ class Runtime:
 
         with self.lock:
             self.model.use_ranker(ranker, keep_fast=KEEP_FAST)
+            self._read_context(self.model)
             self.champion_version = version
         self.metrics.champion_version.set(version)
 
@@ -329,7 +366,10 @@ class Runtime:
         with self.lock:
             model = self.model
             held = model_footprint(model, user_id)
-            model.forget_users([user_id], deleted=True)
+            if self.worker is not None:  # also from its partitions' user lists, and its snapshot files soon
+                self.worker.forget_users([user_id], deleted=True)
+            else:
+                model.forget_users([user_id], deleted=True)
         online = None
         if self.features is not None:
             with self._feature_lock:

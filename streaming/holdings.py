@@ -118,6 +118,15 @@ class Holdings:
                                                          limits=h.limits.state()))
             self._written[p] = h.position
 
+    def forget_users(self, user_ids: Iterable[str]) -> None:
+        """Drop these users' ids from the partitions holding them (a deletion); the next
+        `snapshot` rewrites those partitions' files even if their offsets did not move."""
+        gone = set(user_ids)
+        for p, holding in self.held.items():
+            if holding.users & gone:
+                holding.users -= gone
+                self._written.pop(p, None)
+
     def assign(self, partitions: Iterable[int], model: object) -> dict[int, int | None]:
         """Take up ``partitions`` (releasing the others); return the offset to resume each at.
 

@@ -165,6 +165,7 @@ class Worker:
         self._committed: dict[int, int] = {}
         self._unplaced: set[int] = set()  # assigned partitions whose start offset is not known yet
         self._closing = False
+        self._snapshot_due = False  # users were forgotten: snapshot at the next step
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -240,8 +241,9 @@ class Worker:
         self._since_flush += count
         self._since_snapshot += count
         now = time.monotonic()
-        if self._since_snapshot and (self._since_snapshot >= self.snapshot_events
-                                     or now - self._snapshot_at >= self.snapshot_interval_s):
+        due = self._since_snapshot and (self._since_snapshot >= self.snapshot_events
+                                        or now - self._snapshot_at >= self.snapshot_interval_s)
+        if due or (self._snapshot_due and self.holdings.held):
             self.snapshot()
         elif ((self._since_flush or self._uncommitted()) and not self._writer.busy
               and (self._since_flush >= self.flush_events or now - self._flushed_at >= self.flush_interval_s)):
@@ -259,7 +261,7 @@ class Worker:
         columns = decoded.learn_columns()
         ends = np.cumsum([len(part) for _, part in parts])
         rows = np.searchsorted(decoded.positions, np.concatenate([[0], ends]))
-        duplicates, limited, users = 0, 0, set()
+        duplicates, limited, users, applied_tables = 0, 0, set(), []
         for k, (tp, part) in enumerate(parts):
             holding = self.holdings.held[tp.partition]
             first, last = int(rows[k]), int(rows[k + 1])
@@ -270,14 +272,17 @@ class Worker:
             duplicates += (last - first) - len(kept) - len(over)
             limited += len(over)
             offsets = [records[i].offset for i in decoded.positions[first:last][kept].tolist()]
-            holding.segment.add(decoded.events.slice(first, last - first).take(pa.array(kept)), offsets)
+            learned = decoded.events.slice(first, last - first).take(pa.array(kept))
+            holding.segment.add(learned, offsets)
+            applied_tables.append(learned)
             holding.segment.cover(part[0].offset, part[-1].offset)
             holding.position = part[-1].offset + 1
             fault_point("apply")
         self._flush_model()
         applied = decoded.events.num_rows - duplicates - limited
         report = BatchReport(len(records), applied, len(decoded.rejected) + limited, duplicates, users,
-                             time.perf_counter() - started, rate_limited=limited)
+                             time.perf_counter() - started, rate_limited=limited,
+                             events=pa.concat_tables(applied_tables) if applied_tables else None)
         self.stats.record_batch(report, records[-1].timestamp)
         return report
 
@@ -369,7 +374,19 @@ class Worker:
             self.holdings.snapshot(self.model)
         self.stats.snapshots += 1
         self.stats.last_snapshot_seconds = time.perf_counter() - started
-        self._since_snapshot, self._snapshot_at = 0, time.monotonic()
+        self._since_snapshot, self._snapshot_at, self._snapshot_due = 0, time.monotonic(), False
+
+    def forget_users(self, user_ids: list[str], **options: Any) -> None:
+        """Forget users for good (a deletion; safe from other threads).
+
+        Their state goes from the model (``model.forget_users(user_ids, **options)``), their
+        ids from the partitions' user lists, and the snapshot files are rewritten at the next
+        step, so no file keeps what they were.
+        """
+        with self.lock:
+            self.model.forget_users(user_ids, **options)
+            self.holdings.forget_users(user_ids)
+        self._snapshot_due = True
 
     # -- partitions ------------------------------------------------------------------------
 

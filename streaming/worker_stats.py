@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -35,6 +36,9 @@ class BatchReport:
     """Wall time to decode and apply the batch."""
     rate_limited: int = 0
     """Events over their user's rate limit (sent to the dead-letter topic, counted in ``rejected``)."""
+    events: Any = None
+    """The events applied (a pyarrow Table in the event-log schema, duplicates and rate-limited
+    events left out): what a feature pusher (`features.pusher.FeaturePusher`) pushes."""
 
 
 @dataclass

@@ -145,3 +145,25 @@ def _value(metrics: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.slow
+def test_the_worker_pushes_applied_events_to_the_online_feature_store(ranker, broker, tmp_path, tmp_path_factory):
+    from features_fixtures import applied_repo
+
+    from features.store import FeatureStoreClient
+
+    features = FeatureStoreClient(applied_repo(tmp_path_factory, "serving-push"))
+    runtime = _runtime(ranker, broker, tmp_path, features=features)
+    with serving(runtime) as client:
+        batch = [event("dora", item, n + 1, event_type="cart") for n, item in enumerate(CLUSTER_2[:3])]
+        assert client.post("/events", json=batch).status_code == 202
+        wait_for(lambda: features.lookup("dora", []).user["events_1h"] == 3, 30,
+                 "dora's three events to reach the online store")
+        assert client.delete("/users/dora").status_code == 200
+        after = [event("dora", CLUSTER_2[5], 10)]  # produced after the deletion: refused at intake
+        client.post("/events", json=after)
+        wait_for(lambda: runtime.pusher.events >= 3, 10, "the pusher")
+        assert features.lookup("dora", []).user_found["user_stream"] is False
+    user = features.lookup("dora", [])
+    assert user.user["last_item"] == "" and user.user["events_1h"] == 0
