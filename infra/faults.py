@@ -96,9 +96,14 @@ def point(name: str) -> None:
         _hits[name] += 1
         fire = _armed is not None and _armed.get(name) == _hits[name]
     if fire:
-        sys.stderr.write(f"fault injected: SIGKILL at {name} #{_hits[name]} (pid {os.getpid()})\n")
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        kill_self(f"{name} #{_hits[name]}")
+
+
+def kill_self(where: str) -> None:
+    """SIGKILL this process now, saying where on stderr first (the one thing that gets out)."""
+    sys.stderr.write(f"fault injected: SIGKILL at {where} (pid {os.getpid()})\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- counting what a run lost --------------------------------------------------------------
