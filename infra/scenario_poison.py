@@ -11,7 +11,14 @@ archived) or in the dead-letter topic with reason ``rate limited``.
   entries at ``memory_per_user``);
 - fast state and stream statistics: the bot's share of the events learned;
 - next consolidation sample: the bot's share of `consolidation.sampling.sample_replay` over
-  the worker's archive (with its per-user cap).
+  the worker's archive, drawn as ``fastslow consolidate`` draws it. The sampler has no
+  per-user cap of its own: what keeps the bot out is that rate-limited events never reach
+  the archive (they are dead letters), so the bot's share of the sample follows its share of
+  what was learned.
+
+"Cannot dominate" is checked as: the bot holds less than `DOMINANT_SHARE` of the memory
+entries and of the sample while it sends most of the stream, and at most the rate limit's
+allowance (``burst + rate * 60 s``) of events is learned.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 BOT = "bot"
 HOUR_MS = 3_600_000
+DOMINANT_SHARE = 0.25
+"""A share of memory or of the sample at or above this counts as the bot dominating it."""
 
 
 def flood_events(users: int, per_user: int, flood: int, start_ms: int, seed: int = 0) -> pa.Table:
@@ -72,7 +81,7 @@ def expected_limited(table: pa.Table, limit: RateLimit, partitions: int) -> set[
 
 
 def poisoning(bootstrap: str, data_dir: Path, ranker, *, users: int = 200, per_user: int = 20, flood: int = 5000,
-              limit: RateLimit = RateLimit(1.0, 100), user_cap: float = 0.02, seed: int = 0,
+              limit: RateLimit = RateLimit(1.0, 100), sample_size: int = 2000, seed: int = 0,
               timeout: float = 120.0) -> ScenarioResult:
     """Flood through a rate-limited worker (see the module docstring); ``ranker`` is the slow model."""
     from models.fastslow import FastSlow
@@ -90,7 +99,7 @@ def poisoning(bootstrap: str, data_dir: Path, ranker, *, users: int = 200, per_u
     memory = {u: len(s["memory"]["items"]) for u, s in pickle.loads(model.export_users(model.users())).items()}
     letters = _rate_limited_letters(bootstrap, dlq, worker.stats.rate_limited, timeout)
     archived = _archived(data_dir, topic)
-    sample = _sample(data_dir, topic, user_cap)
+    sample = _sample(data_dir, topic, sample_size, seed)
     applied = len(archived)
     bot_applied = sum(1 for _, user in archived if user == BOT)
     want = expected_limited(table, limit, partitions=4)
@@ -103,13 +112,13 @@ def poisoning(bootstrap: str, data_dir: Path, ranker, *, users: int = 200, per_u
         "bot_share_of_memory": round(memory.get(BOT, 0) / max(sum(memory.values()), 1), 4),
         "bot_memory_entries": memory.get(BOT, 0), "memory_per_user": model.memory_per_user,
         "bot_share_of_sample": round(sample.get(BOT, 0) / max(sum(sample.values()), 1), 4),
-        "sample_user_cap": user_cap, "sample_size": sum(sample.values()),
+        "sample_size": sum(sample.values()), "dominant_share": DOMINANT_SHARE,
     }
     lost = table.num_rows - applied - len(letters)
     passed = (lost == 0 and details["limited_as_expected"] and bot_applied <= details["bot_applied_bound"]
               and details["bot_memory_entries"] <= 2 * model.memory_per_user
-              and sample.get(BOT, 0) <= max(1, int(user_cap * sum(sample.values()))))
-    return ScenarioResult("poisoning", passed, table.num_rows, applied, max(lost, 0), 0, details)
+              and details["bot_share_of_memory"] < DOMINANT_SHARE and details["bot_share_of_sample"] < DOMINANT_SHARE)
+    return ScenarioResult("poison", passed, table.num_rows, applied, max(lost, 0), 0, details)
 
 
 def _rate_limited_letters(bootstrap: str, dlq: str, expected: int, timeout: float) -> set[str]:
@@ -142,12 +151,12 @@ def _archived(data_dir: Path, topic: str) -> list[tuple[str, str]]:
             for pair in zip(t.column("event_id").to_pylist(), t.column("user_id").to_pylist())]
 
 
-def _sample(data_dir: Path, topic: str, user_cap: float) -> dict[str, int]:
+def _sample(data_dir: Path, topic: str, size: int, seed: int) -> dict[str, int]:
     """Events per user in the next consolidation's replay sample drawn from the archive."""
     from collections import Counter
 
     from consolidation.sampling import sample_replay
     from streaming.archive import archive_dir, iter_archive
 
-    sample = sample_replay(iter_archive(archive_dir(data_dir, topic)), 2000, max_user_share=user_cap)
+    sample = sample_replay(iter_archive(archive_dir(data_dir, topic)), size, seed=seed)
     return dict(Counter(sample.users.tolist()))
