@@ -295,6 +295,10 @@ class FeatureStoreClient:
     def _read(self, view: str, keys: list[str]) -> tuple[dict[str, list], np.ndarray]:
         """Values per feature (defaults where absent) and a found mask, aligned with `keys`."""
         spec = VIEWS[view]
+        read_columns = getattr(self._online, "read_columns", None)
+        if read_columns is not None:  # the default sqlite store's lean read (same answers)
+            columns, found = read_columns(self.store.config, self._views[view], spec.key, keys, spec.defaults)
+            return self._counted(view, columns, np.array(found, dtype=bool))
         entity_keys = [_entity_key(spec.key, k) for k in keys]
         results = (self._online.online_read(self.store.config, self._views[view], entity_keys)
                    if keys else [])
@@ -309,9 +313,11 @@ class FeatureStoreClient:
                 if kind is not None and column is not None:
                     column[k] = getattr(value, kind)
                     found[k] = True
-        mask = np.array(found, dtype=bool)
-        self.reads[view] += len(keys)
-        self.missing[view] += int(len(keys) - mask.sum())
+        return self._counted(view, columns, np.array(found, dtype=bool))
+
+    def _counted(self, view: str, columns: dict[str, list], mask: np.ndarray) -> tuple[dict[str, list], np.ndarray]:
+        self.reads[view] += len(mask)
+        self.missing[view] += int(len(mask) - mask.sum())
         return columns, mask
 
     # ---- training ------------------------------------------------------------------------

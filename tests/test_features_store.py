@@ -124,3 +124,12 @@ def test_fast_sqlite_reads_equal_feasts_own(repo):
         fast = client._online.online_read(config, fv, entity_keys)
         stock = SqliteOnlineStore().online_read(config, fv, entity_keys)
         assert fast == stock and fast[2] == (None, None) and fast[0][0] is not None
+        # the scoring read: the same values as picking them out of Feast's rows, ids repeated too
+        asked = [*keys, keys[0]]
+        columns, found = client._online.read_columns(config, fv, VIEWS[view].key, asked, VIEWS[view].defaults)
+        rows = SqliteOnlineStore().online_read(config, fv, [_entity_key(VIEWS[view].key, k) for k in asked])
+        assert found == [values is not None for _, values in rows] == [True, True, False, True]
+        for feature, default in VIEWS[view].defaults.items():
+            want = [default if values is None else getattr(values[feature], values[feature].WhichOneof("val"))
+                    for _, values in rows]
+            assert columns[feature] == want, feature
