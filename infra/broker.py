@@ -289,8 +289,6 @@ def broker_command(
     from fastslow.settings import Settings
 
     settings = Settings()
-    if settings.log_level.upper() != "DEBUG":  # kafka-python narrates every connection at INFO
-        logging.getLogger("kafka").setLevel(logging.WARNING)
     # Both signals interrupt (also when started with SIGINT ignored, e.g. from `cmd &`).
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -77,8 +77,6 @@ def serve_command(
     from streaming.kafka import default_topics, ensure_topics
 
     settings = Settings()
-    if settings.log_level.upper() != "DEBUG":  # kafka-python narrates every connection at INFO
-        logging.getLogger("kafka").setLevel(logging.WARNING)
     host, port = host or settings.serve_host, settings.serve_port if port is None else port
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     try:

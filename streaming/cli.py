@@ -45,11 +45,6 @@ def resolve_bootstrap(option: str | None, configured: str | None) -> str:
     return bootstrap
 
 
-def _quiet_kafka(log_level: str) -> None:
-    if log_level.upper() != "DEBUG":  # kafka-python narrates every connection at INFO
-        logging.getLogger("kafka").setLevel(logging.WARNING)
-
-
 def produce_command(
     events: Annotated[Path, typer.Argument(help="Event log: CSV, CSV.gz, Parquet or JSON Lines.")],
     topic: TopicOption = "interactions",
@@ -76,7 +71,6 @@ def produce_command(
     from streaming.readers import iter_event_batches
 
     settings = Settings()
-    _quiet_kafka(settings.log_level)
     bootstrap = resolve_bootstrap(bootstrap_servers, settings.kafka_bootstrap)
     columns = column_map(user_col, item_col, time_col, type_col, value_col, id_col, context_col, assume_utc)
     try:
@@ -142,7 +136,6 @@ def worker_command(
     from streaming.worker import Worker
 
     settings = Settings()
-    _quiet_kafka(settings.log_level)
     arm(settings.fault)
     bootstrap = resolve_bootstrap(bootstrap_servers, settings.kafka_bootstrap)
     try:
