@@ -44,6 +44,7 @@ BENCHES: list[tuple[str, str]] = [
     ("ingest", "streaming.bench:bench_ingest"),
     ("serve", "serving.bench:bench_serve"),
     ("forgetting", "consolidation.bench:bench_forgetting"),
+    ("faults", "infra.bench_faults:bench_faults"),
 ]
 # Sub-applications (typer.Typer objects) mounted under a name, e.g. `fastslow features apply`.
 GROUPS: list[tuple[str, str]] = [
