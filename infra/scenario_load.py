@@ -43,7 +43,9 @@ items drawn with the log's popularity): 60 s at ~4,700 events/s grew RSS ~140 MB
 with 3.5M co-occurrence cells at the end; the same model learning 3.6M such events in one
 process went from 3.7M to 16.7M co-occurrence cells (bound 4,538^2 = 20.6M) and from 682 to
 962 MB, still growing. On a real catalogue (10^5 to 10^6 items) that bound is out of reach,
-so over long runs this is the growth ``memory_unbounded`` is there to catch.
+so over long runs this is the growth ``memory_unbounded`` is there to catch. It does: the
+default run (60 s at the ingest target: ~15,400 events/s produced, ~12,900 applied, 926k
+events) ends with 8.3M co-occurrence cells and RSS 11% above the second quarter's, flagged.
 
 Run it alone: ``python -m infra.scenario_load --seconds 600`` (prints the result as JSON).
 """
