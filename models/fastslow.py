@@ -450,7 +450,8 @@ class FastSlow(Recommender):
         out = []
         for n in scored.top(k):
             row = int(scored.rows[n])
-            parts = {"slow": (1.0 - scored.gate) * scored.slow[n]}
+            slow_weight = 1.0 - scored.gate + scored.gate * self._gate.v
+            parts = {"slow": slow_weight * scored.slow[n]}
             parts.update({name: scored.gate * self._gate.w[c] * scored.fast[n, c]
                           for c, name in enumerate(FAST_SIGNALS)})
             signal = max(parts, key=parts.get)
@@ -463,7 +464,7 @@ class FastSlow(Recommender):
                 verb = VERBS.get(self._last_kind(user_id, h))
             out.append(Recommendation(self._stats.items.id_of(row), float(scored.score[n]),
                                       float(scored.gate * scored.fast_score[n]),
-                                      float((1.0 - scored.gate) * scored.slow[n]), scored.gate,
+                                      float(slow_weight * scored.slow[n]), scored.gate,
                                       reason_for(signal, trigger, verb)))
         return out
 

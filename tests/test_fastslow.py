@@ -91,7 +91,7 @@ def test_user_cap_evicts_the_least_recently_active(world):
 
 def test_gate_moves_toward_the_fast_path_when_the_stream_is_a_fixed_item_chain(world):
     events, _, ranker = world
-    model = FastSlow(ranker=ranker.clone())
+    model = FastSlow(ranker=ranker.clone(), gate={"initial_gate": 0.5})   # from neutral
     items = sorted(set(events.columns()[1]))[:60]
     rng = np.random.default_rng(0)
     order = rng.permutation(items).tolist()
@@ -129,3 +129,41 @@ def test_a_deleted_user_the_slow_model_knew_gets_a_strangers_list(world):
     assert model.recommend(user, 10) == model.recommend("never-seen-anyone", 10)
     model.use_ranker(ranker.clone())          # a new champion still knows the old vector: not used
     assert model.recommend(user, 10) == model.recommend("never-seen-anyone", 10)
+
+
+def test_gate_step_follows_the_gradient_of_its_loss():
+    """One `Gate.learn` step equals lr times the finite-difference gradient of
+    -log softmax(score)[positive] in theta, w and v (l2 off)."""
+    from models.gate import FAST_SIGNALS, REQUEST_FEATURES, Gate
+
+    rng = np.random.default_rng(3)
+    slow, fast = rng.random(6), rng.random((6, len(FAST_SIGNALS)))
+    request = np.concatenate([[1.0], rng.random(len(REQUEST_FEATURES))])
+    gate = Gate(lr=0.01, l2=0.0)
+    gate.v = 0.3
+
+    def loss(theta, w, v):
+        probe = Gate(l2=0.0)
+        probe.theta, probe.w, probe.v = theta, w, v
+        score = probe.scores(slow, fast, request)
+        return float(-(score[2] - score.max() - np.log(np.exp(score - score.max()).sum())))
+
+    def numeric(f, x, eps=1e-6):
+        out = np.zeros_like(x)
+        for i in range(len(x)):
+            up, down = x.copy(), x.copy()
+            up[i] += eps
+            down[i] -= eps
+            out[i] = (f(up) - f(down)) / (2 * eps)
+        return out
+
+    theta, w, v = gate.theta.copy(), gate.w.copy(), gate.v
+    d_theta = numeric(lambda t: loss(t, w, v), theta)
+    d_w = numeric(lambda x: loss(theta, x, v), w)
+    d_v = numeric(lambda x: loss(theta, w, x[0]), np.array([v]))[0]
+    before = gate.learn(slow, fast, request, positive=2)
+    assert before == pytest.approx(loss(theta, w, v))
+    assert gate.theta == pytest.approx(theta - 0.01 * d_theta, abs=1e-8)
+    assert gate.w == pytest.approx(w - 0.01 * d_w, abs=1e-8)
+    assert gate.v == pytest.approx(v - 0.01 * d_v, abs=1e-8)
+    assert Gate().value(np.concatenate([[1.0], np.zeros(len(REQUEST_FEATURES))])) == pytest.approx(0.8)
