@@ -11,6 +11,12 @@ log-structured merge tree:
 A query reads all three in one compiled pass (`models.kernels.sparse_row_sum`), so every
 increment is visible immediately and the cost follows the entries read, not the catalogue.
 Counts and weights must be positive (they are: co-occurrences, recency weights).
+
+Memory: with ``max_per_row`` set, each fold into `base` keeps a row's ``max_per_row``
+largest entries and drops the rest, so the matrix holds at most ``items * max_per_row``
+cells (plus delta and pending, bounded by the fold thresholds) however long the stream runs.
+A dropped cell that occurs again starts over from its new increments. Unset, the counts are
+exact and grow with the distinct pairs seen (the `itemknn` peer's definition).
 """
 
 from __future__ import annotations
@@ -35,8 +41,26 @@ def _empty(n: int = 0) -> sp.csr_matrix:
     return sp.csr_matrix((n, n), dtype=np.float64)
 
 
+def top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """`matrix` (canonical CSR) with only each row's `k` largest entries (ties: lower column).
+
+    >>> m = sp.csr_matrix(np.array([[3.0, 1.0, 2.0, 5.0], [0.0, 4.0, 0.0, 0.0]]))
+    >>> top_per_row(m, 2).toarray().tolist()
+    [[3.0, 0.0, 0.0, 5.0], [0.0, 4.0, 0.0, 0.0]]
+    """
+    counts = np.diff(matrix.indptr)
+    if not len(counts) or counts.max() <= k:
+        return matrix
+    rows = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((-matrix.data, rows))          # row blocks in place, largest first within
+    rank = np.arange(len(order)) - matrix.indptr[rows[order]]
+    keep = np.sort(order[rank < k])                    # back to row-major, column order
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(counts, k))])
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
+
+
 class Cooccurrence:
-    """Co-occurrence counts over item rows that can grow without limit.
+    """Co-occurrence counts over item rows, exact or capped per row.
 
     Parameters
     ----------
@@ -44,6 +68,9 @@ class Cooccurrence:
         Increments kept as pending coordinates before they fold into `delta`.
     symmetric
         Count C[row, h] along with C[h, row] (False: a directed transition matrix h -> row).
+    max_per_row
+        Keep at most this many entries per row when folding into `base` (module docstring);
+        None keeps every count.
 
     Examples
     --------
@@ -67,9 +94,10 @@ class Cooccurrence:
     [[0, 2], [1.0, 1.5]]
     """
 
-    def __init__(self, merge_every: int = 4096, symmetric: bool = True) -> None:
+    def __init__(self, merge_every: int = 4096, symmetric: bool = True, max_per_row: int | None = None) -> None:
         self.merge_every = merge_every
         self.symmetric = symmetric
+        self.max_per_row = max_per_row
         self._base = _empty()
         self._delta = _empty()
         self._p_rows = np.zeros(merge_every, dtype=np.int64)
@@ -80,6 +108,11 @@ class Cooccurrence:
         self._scratch = np.zeros(1024)
         self._row_weight = np.zeros(1024)
         self._touched = np.zeros(1024, dtype=np.int64)
+
+    @property
+    def cells(self) -> int:
+        """Stored entries in all three levels (what the matrix costs in memory, ~12 bytes each)."""
+        return int(self._base.nnz + self._delta.nnz + self._n_pending)
 
     @property
     def size(self) -> int:
@@ -119,6 +152,8 @@ class Cooccurrence:
         self._delta = _resized(self._delta, n) + sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
         if self._delta.nnz > max(65_536, self._base.nnz // 8):
             self._base = (_resized(self._base, n) + self._delta).tocsr()
+            if self.max_per_row is not None:
+                self._base = top_per_row(self._base, self.max_per_row)
             self._delta = _empty(n)
 
     def _fold_pending(self) -> None:

@@ -47,15 +47,18 @@ class StreamStats:
     """
 
     def __init__(self, window: int = 10, decay: float = 0.7, transition_window: int = 5,
-                 transition_decay: float = 0.5, popularity_half_life: float = 86400.0) -> None:
+                 transition_decay: float = 0.5, popularity_half_life: float = 86400.0,
+                 max_neighbours: int | None = 128) -> None:
         self.window = window
         self.decay = decay
         self.transition_window = transition_window
         self.transition_decay = transition_decay
         self.popularity_half_life = popularity_half_life
+        self.max_neighbours = max_neighbours
         self.items = Vocab()
-        self.cooccurrence = Cooccurrence(symmetric=True)
-        self.transitions = Cooccurrence(symmetric=False)
+        # capped per item, so a long stream's memory follows the catalogue, not the pairs seen
+        self.cooccurrence = Cooccurrence(symmetric=True, max_per_row=max_neighbours)
+        self.transitions = Cooccurrence(symmetric=False, max_per_row=max_neighbours)
         self.counts = np.zeros(1024)
         self._pop = np.zeros(1024)          # decayed count as of self._pop_time
         self._inv_sqrt = np.ones(1024)      # 1 / sqrt(count + 1), kept per item as counts change
