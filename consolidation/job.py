@@ -43,7 +43,8 @@ from consolidation.gate import Decision, decide
 from consolidation.registry import CHALLENGER, ModelRegistry
 from consolidation.sampling import ReplaySample, sample_replay, split_probes
 from consolidation.ranker_fisher import ranker_fisher
-from consolidation.train import ConsolidationConfig, Distill, sample_examples, train_challenger
+from consolidation.train import (ConsolidationConfig, Distill, sample_examples, train_challenger,
+                                 with_training_context)
 from models.slow import SlowRanker
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,16 @@ class ConsolidationResult:
 
 def run_consolidation(champion: SlowRanker, sample: ReplaySample, config: ConsolidationConfig, *,
                       previous_fisher: dict | None = None, distill: Distill | None = None,
-                      on_epoch: EpochHook | None = None) -> Outcome:
-    """Split probes off ``sample``, train a challenger with EWC, score both, apply the gate."""
+                      on_epoch: EpochHook | None = None, features=None) -> Outcome:
+    """Split probes off ``sample``, train a challenger with EWC, score both, apply the gate.
+
+    ``features`` (a `features.context.FeatureContext`): training reads point-in-time context
+    when the champion was built to read it (`consolidation.train.with_training_context`).
+    """
     started = time.perf_counter()
     train, probes = split_probes(sample, config.probe_fraction)
     champion_metrics = evaluate_slices(champion, probes, config.k)
-    trained = train_challenger(champion, train, config, previous_fisher, distill, on_epoch)
+    trained = train_challenger(champion, train, config, previous_fisher, distill, on_epoch, features)
     eval_started = time.perf_counter()
     challenger_metrics = evaluate_slices(trained.ranker, probes, config.k)
     decision = decide(champion_metrics, challenger_metrics, config.tolerance, config.k)
@@ -161,17 +166,18 @@ def _register(registry: ModelRegistry, run_id: str, ranker: SlowRanker, fisher: 
 
 def consolidate(registry: ModelRegistry, sample: ReplaySample, config: ConsolidationConfig = ConsolidationConfig(),
                 *, distill: Distill | None = None, on_epoch: EpochHook | None = None, show_progress: bool = True,
-                new_ranker: Callable[[], SlowRanker] = SlowRanker) -> ConsolidationResult:
+                new_ranker: Callable[[], SlowRanker] = SlowRanker, features=None) -> ConsolidationResult:
     """One tracked consolidation of the champion on ``sample`` (module docstring for the layout).
 
     Without a champion yet, trains the first one on the sample (`bootstrap_champion`) with
     ``new_ranker()``. ``distill`` adds the fast path's preferences; ``on_epoch`` runs after
-    every epoch (raising there aborts the run and leaves the champion unchanged).
+    every epoch (raising there aborts the run and leaves the champion unchanged). ``features``
+    gives training point-in-time context (`run_consolidation`).
     """
     champion_version = registry.champion_version()
     if champion_version is None:
         return bootstrap_champion(registry, sample, new_ranker(), config, show_progress=show_progress,
-                                  on_epoch=on_epoch)
+                                  on_epoch=on_epoch, features=features)
     started = time.perf_counter()
     champion = registry.load(champion_version)
     previous_fisher = registry.load_fisher(champion_version)
@@ -183,7 +189,7 @@ def consolidate(registry: ModelRegistry, sample: ReplaySample, config: Consolida
         hook, bar = _epoch_logger(registry, run_id, config.epochs, show_progress, on_epoch)
         with bar:
             outcome = run_consolidation(champion, sample, config, previous_fisher=previous_fisher, distill=distill,
-                                        on_epoch=hook)
+                                        on_epoch=hook, features=features)
         metrics = {**_metrics("champion", outcome.champion_metrics),
                    **_metrics("challenger", outcome.challenger_metrics)}
         decision = outcome.decision
@@ -236,11 +242,14 @@ class FirstModel:
 
 
 def train_first(ranker: SlowRanker, sample: ReplaySample, config: ConsolidationConfig,
-                on_epoch: EpochHook | None = None) -> FirstModel:
-    """Fit ``ranker`` on ``sample`` (probes held out); its Fisher on that data seeds online EWC."""
+                on_epoch: EpochHook | None = None, features=None) -> FirstModel:
+    """Fit ``ranker`` on ``sample`` (probes held out); its Fisher on that data seeds online EWC.
+
+    With ``features`` and a ranker built to read context, examples carry point-in-time context.
+    """
     started = time.perf_counter()
     train, probes = split_probes(sample, config.probe_fraction)
-    examples = sample_examples(ranker, train)
+    examples = with_training_context(ranker, sample_examples(ranker, train), train, features)
     losses = ranker.fit(examples, on_epoch=on_epoch)
     fisher = ranker_fisher(ranker, examples, config.fisher_samples, config.seed)
     metrics = _metrics("challenger", evaluate_slices(ranker, probes, config.k))
@@ -249,11 +258,12 @@ def train_first(ranker: SlowRanker, sample: ReplaySample, config: ConsolidationC
 
 def bootstrap_champion(registry: ModelRegistry, events: pa.Table | ReplaySample, ranker: SlowRanker | None = None,
                        config: ConsolidationConfig = ConsolidationConfig(), *, show_progress: bool = True,
-                       on_epoch: EpochHook | None = None) -> ConsolidationResult:
+                       on_epoch: EpochHook | None = None, features=None) -> ConsolidationResult:
     """Train the first champion on a warm-up set (probes held out), register and promote it.
 
     ``events`` is a normalized event table (time order) or an already drawn sample. The Fisher
     logged is the trained model's own on its training data (the next run's ``F_previous``).
+    A ``ranker`` built with a ``context`` spec trains on point-in-time context from ``features``.
     """
     ranker = ranker if ranker is not None else SlowRanker(seed=config.seed)
     if isinstance(events, pa.Table):
@@ -263,7 +273,7 @@ def bootstrap_champion(registry: ModelRegistry, events: pa.Table | ReplaySample,
         _log_common(registry, run_id, events, config, {"champion_version": None})
         hook, bar = _epoch_logger(registry, run_id, ranker.epochs, show_progress, on_epoch)
         with bar:
-            first = train_first(ranker, events, config, on_epoch=hook)
+            first = train_first(ranker, events, config, on_epoch=hook, features=features)
         decision = Decision(True, "first champion: there was none to compare with")
         _record_decision(registry, run_id, decision, first.metrics,
                          {"replay_examples": first.train_examples, "distill_examples": 0})

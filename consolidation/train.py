@@ -103,6 +103,30 @@ def sample_examples(ranker: SlowRanker, sample: ReplaySample) -> Examples:
     return Examples(examples.users, padded, examples.targets, examples.weights)
 
 
+def with_training_context(ranker: SlowRanker, examples: Examples, sample: ReplaySample, features) -> Examples:
+    """`examples` (built from `sample`) with each event's point-in-time context, for a ranker
+    that reads context; unchanged for one that does not (or without ``features``).
+
+    ``features`` is a `features.context.FeatureContext` over the feature store the worker
+    pushes to: the user and item context of each event is the feature store's state strictly
+    before the event (Feast ``get_historical_features``), and the ranker's sampled negatives
+    read the items' context history as of each batch (`SlowRanker.set_item_table`).
+    """
+    if features is None or not ranker.uses_context or not len(sample):
+        return examples
+    import pyarrow as pa
+
+    times_ms = np.asarray(sample.timestamps_ms, dtype=np.int64)
+    events = pa.table({"event_id": [str(e) for e in sample.event_ids], "user_id": [str(u) for u in sample.users],
+                       "item_id": [str(i) for i in sample.items],
+                       "timestamp": pa.array(times_ms, pa.int64()).cast(pa.timestamp("ms", "UTC")),
+                       "event_type": [str(t) for t in sample.event_types],
+                       "value": np.asarray(sample.values, dtype=np.float64)})
+    context = features.training_context(events)
+    ranker.set_item_table(*features.item_history(ranker.items.ids()))
+    return examples.with_context(context.user, context.items, context.categories, times=times_ms / 1000.0)
+
+
 def ewc_anchors(ranker: SlowRanker) -> dict[str, torch.Tensor]:
     """The ranker's parameters as EWC anchors, its id tables cut to the ids it knows.
 
@@ -118,16 +142,18 @@ def ewc_anchors(ranker: SlowRanker) -> dict[str, torch.Tensor]:
 
 def train_challenger(champion: SlowRanker, train: ReplaySample, config: ConsolidationConfig,
                      previous_fisher: dict[str, torch.Tensor] | None = None, distill: Distill | None = None,
-                     on_epoch: Callable[[int, float], None] | None = None) -> Trained:
+                     on_epoch: Callable[[int, float], None] | None = None, features=None) -> Trained:
     """Clone ``champion`` and fit the clone on ``train`` (+ ``distill``) with the EWC penalty.
 
     The champion is never modified. ``on_epoch(epoch, mean_loss)`` runs after every epoch (an
-    exception there aborts training and propagates).
+    exception there aborts training and propagates). With ``features`` and a champion that
+    reads context, the replay examples carry their point-in-time context
+    (`with_training_context`).
     """
     seconds = {}
     started = time.perf_counter()
     challenger = champion.clone()
-    examples = sample_examples(challenger, train)
+    examples = with_training_context(challenger, sample_examples(challenger, train), train, features)
     n_replay = len(examples)
     seconds["examples"] = time.perf_counter() - started
     started = time.perf_counter()

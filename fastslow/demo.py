@@ -103,10 +103,19 @@ class Demo:
         self.broker = self.stack.enter_context(EmbeddedBroker(port=0, data_dir=self.dir / "broker"))
         self._phase("applying the Feast feature repository")
         apply_repo(self.dir / "feast")
-        self._phase(f"training the first slow model on {n_warm:,} events")
+        from features.context import FeatureContext
+        from features.store import FeatureStoreClient
+
+        self.features = FeatureContext(FeatureStoreClient(self.dir / "feast"))
+        self._phase(f"pushing the {n_warm:,} warm-up events to the feature store")
+        for start in range(0, n_warm, 500):   # micro-batches like the worker's: each writes its keys'
+            self.features.client.push_events(self.warm.slice(start, 500))   # newest rows
+        self._phase(f"training the first slow model on {n_warm:,} events (point-in-time Feast context)")
         self.registry = ModelRegistry(default_tracking_uri(self.dir), self.settings.model_name)
-        first = bootstrap_champion(self.registry, self.warm, SlowRanker(epochs=self.config.epochs),
-                                   ConsolidationConfig(epochs=self.config.epochs), show_progress=False)
+        first = bootstrap_champion(self.registry, self.warm,
+                                   SlowRanker(epochs=self.config.epochs, context=self.features.spec.as_dict()),
+                                   ConsolidationConfig(epochs=self.config.epochs), show_progress=False,
+                                   features=self.features)
         self.stats.note(f"champion v{first.version} registered: {first.reason}")
         self.runtime = Runtime.from_settings(self.settings, bootstrap=self.broker.bootstrap)
         self._phase("warming the fast path on the same prefix")
@@ -180,7 +189,8 @@ class Demo:
         model = self.runtime.model
         since = float(pc.min(self.stream.column("timestamp")).value) / 1000.0
         result = consolidate(self.registry, sample, ConsolidationConfig(epochs=self.config.epochs),
-                             distill=distiller(model, since, lock=self.runtime.lock), show_progress=False)
+                             distill=distiller(model, since, lock=self.runtime.lock), show_progress=False,
+                             features=self.features)
         verdict = "promoted to champion" if result.promoted else "refused (champion kept)"
         self.stats.note(f"consolidation v{result.version} {verdict}: {result.reason}")
         self.report["consolidation"] = result.summary()

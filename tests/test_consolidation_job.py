@@ -276,3 +276,29 @@ def test_ewc_policy_can_run_the_tracked_job(tmp_path):
     assert len(registry.versions()) == 1 + len(policy.log) == 3
     promoted = [entry["promoted"] for entry in policy.log]
     assert registry.champion_version() == max([1] + [2 + n for n, p in enumerate(promoted) if p])
+
+
+@pytest.mark.slow
+def test_a_context_model_is_bootstrapped_and_consolidated_on_point_in_time_feast_context(tmp_path):
+    """The first champion and its challenger train on `get_historical_features` frames: a
+    context-built ranker's context layers learn (they start at zero), and the challenger
+    registered by the job reads context too."""
+    from features.context import FeatureContext
+    from features.repository import apply_repo
+    from features.store import FeatureStoreClient
+
+    client = FeatureStoreClient(apply_repo(tmp_path / "feast").repo_path)
+    for table in (OLD, NEW):   # micro-batches, as the worker pushes: each writes its keys' newest rows
+        for start in range(0, table.num_rows, 20):
+            client.push_events(table.slice(start, 20))
+    features = FeatureContext(client)
+    registry = ModelRegistry(fresh_tracking_uri(tmp_path), "context-job")
+    ranker = SlowRanker(dim=16, epochs=20, batch_size=64, context=features.spec.as_dict())
+    first = bootstrap_champion(registry, OLD, ranker, CONFIG, show_progress=False, features=features)
+    champion = registry.load(first.version)
+    assert champion.uses_context
+    assert float(champion.net.context.weight.abs().sum()) > 0.0   # it learned from the context it was given
+    result = consolidate(registry, _sample(registry), CONFIG, show_progress=False, features=features)
+    challenger = registry.load(result.version)
+    assert challenger.uses_context and challenger.context == champion.context
+    assert not np.allclose(challenger.net.context.weight.detach().numpy(), champion.net.context.weight.detach().numpy())
