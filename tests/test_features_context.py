@@ -14,7 +14,7 @@ import pytest
 import torch
 from features_fixtures import applied_repo, at, make_events
 
-from features.context import (ContextSpec, FeatureContext, ItemTable, category_bucket, encode_items,
+from features.context import (ITEM_FEATURES, USER_FEATURES, ContextSpec, FeatureContext, ItemTable, category_bucket, encode_items,
                               encode_user)
 from features.pusher import FeaturePusher, FeaturePushError
 from features.store import FeatureStoreClient
@@ -28,7 +28,7 @@ SPEC = {"user": ["events_1h", "has_prev", "last_click"], "item": ["pop_long", "p
 # ---- encoding (no store) ------------------------------------------------------------------
 
 def test_encoding_matches_a_hand_computation():
-    spec = ContextSpec(price_mean=2.0, price_std=0.5)
+    spec = ContextSpec(USER_FEATURES, ITEM_FEATURES, price_mean=2.0, price_std=0.5)
     user = encode_user(spec, {"events_1h": np.array([3]), "events_1d": np.array([10]),
                               "distinct_items_1d": np.array([4]), "seconds_since_prev": np.array([60.0]),
                               "last_event_type": np.array(["cart"], dtype=object)})[0]
@@ -45,7 +45,7 @@ def test_encoding_matches_a_hand_computation():
 
 
 def test_missing_features_encode_as_zeros():
-    spec = ContextSpec()
+    spec = ContextSpec(USER_FEATURES, ITEM_FEATURES)
     user = encode_user(spec, {"events_1h": [0], "events_1d": [0], "distinct_items_1d": [0],
                               "seconds_since_prev": [-1.0], "last_event_type": np.array([""], dtype=object)})
     numeric, categories = encode_items(spec, {"pop_short": [0], "pop_long": [0], "pop_trend": [0.0],
@@ -54,7 +54,7 @@ def test_missing_features_encode_as_zeros():
 
 
 def test_spec_travels_as_a_plain_dict_and_rejects_unknown_features():
-    spec = ContextSpec(categories=64).fit_price([9.0, 99.0])
+    spec = ContextSpec(USER_FEATURES, ITEM_FEATURES, categories=64).fit_price([9.0, 99.0])
     assert ContextSpec.from_dict(pickle.loads(pickle.dumps(spec.as_dict()))) == spec
     assert spec.price_mean == pytest.approx((math.log(10) + math.log(100)) / 2)
     with pytest.raises(ValueError, match="colour"):
@@ -172,7 +172,7 @@ def test_lookup_encodes_the_online_values_and_counts_missing(repo):
     client = FeatureStoreClient(repo)
     client.push_events(make_events([("ann", "a", 0, "click", '{"category": "shoes", "price": 19}'),
                                     ("ann", "b", 30, "cart")]))
-    provider = FeatureContext(client, ContextSpec(price_mean=2.0, price_std=0.5))
+    provider = FeatureContext(client, ContextSpec(USER_FEATURES, ITEM_FEATURES, price_mean=2.0, price_std=0.5))
     context = provider.lookup("ann", ["a", "b", "unknown"])
     user = dict(zip(provider.spec.user, context.user.tolist()))
     assert user["events_1h"] == pytest.approx(math.log1p(2)) and user["gap"] == pytest.approx(math.log1p(1800))
@@ -186,7 +186,8 @@ def test_lookup_encodes_the_online_values_and_counts_missing(repo):
 @pytest.mark.slow
 def test_cached_answers_equal_fresh_ones_after_more_pushes(repo):
     client = FeatureStoreClient(repo)
-    cached, fresh = FeatureContext(client, cache=True), FeatureContext(client)
+    every = ContextSpec(USER_FEATURES, ITEM_FEATURES)
+    cached, fresh = FeatureContext(client, every, cache=True), FeatureContext(client, every)
     table = ItemTable(cached)
     table.add(["p", "q"])
     batches = [[("bob", "p", 0), ("bob", "q", 1)], [("bob", "q", 5), ("cy", "p", 6)], [("cy", "q", 90, "purchase")]]
@@ -204,7 +205,7 @@ def test_cached_answers_equal_fresh_ones_after_more_pushes(repo):
 @pytest.mark.slow
 def test_training_examples_never_use_a_value_written_after_their_event(repo):
     client = FeatureStoreClient(repo)
-    provider = FeatureContext(client)
+    provider = FeatureContext(client, ContextSpec(USER_FEATURES, ITEM_FEATURES))
     client.write_rows("item_attributes", pd.DataFrame({
         "item_id": ["late"], "event_timestamp": [at(60)], "category": ["boots"], "price": [50.0]}))
     client.push_events(make_events([("dee", "late", 10)], start_id=300))
