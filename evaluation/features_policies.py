@@ -7,12 +7,13 @@ Each learns exactly what its plain counterpart learns and additionally
 * trains its warm-up slow model with point-in-time context (`train_with_context`);
 * scores with online context (`features.context.FeatureContext`).
 
-`slow+features` and `finetune+features` rank every item they have learned, scoring items the
-slow model has no row for (introduced after the warm-up) by their context alone
-(`CatalogueScorer`); their plain counterparts can rank only the items the slow model knows.
-`fast-slow+features` is `ContextFastSlow`: a `models.fastslow.FastSlow` whose slow score per
-candidate adds `SlowRanker.context_scores` for one lookup of the user and the candidates, the
-call `FastSlow.score` makes once it takes a ``context`` provider.
+`slow+features` and `finetune+features` rank every item they have learned: the items the slow
+model has a row for by id + context, below them the ones it has none for (introduced after the
+warm-up) in the order of their context (`CatalogueScorer`, `models.slow.below_known`); their
+plain counterparts can rank only the items the slow model knows. `fast-slow+features` is
+`ContextFastSlow`: a `models.fastslow.FastSlow` given a ``context`` provider, whose slow score
+per candidate then adds `SlowRanker.context_scores` from one lookup of the user and the
+candidates.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from models.fastslow import FastSlow
 from models.gate import normalise
 from models.ranking import top_k
 from models.scorer import Scored
-from models.slow import SlowRanker, slow_scores
+from models.slow import SlowRanker, below_known
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ class CatalogueScorer:
         if self._key is None or key[:2] != self._key[:2] or any(a is not b for a, b in zip(key[2:], self._key[2:])):
             rows = ranker.items.lookup(self.table.ids.ids())
             self._vectors, self._biases = ranker.context_item_vectors(rows, numeric, categories)
+            self._known = (rows >= 0) & (rows < len(ranker.item_vectors))
             self._key = key
-        return self._vectors @ ranker.context_user_vector(base, self.provider.user(user_id)) + self._biases
+        scores = self._vectors @ ranker.context_user_vector(base, self.provider.user(user_id)) + self._biases
+        return below_known(scores, self._known)
 
 
 class FeatureSlowPolicy(SlowPolicy):

@@ -431,8 +431,8 @@ class FastSlow(Recommender):
 
     def _context_slow(self, user_id: str, rows: np.ndarray, sig: Signals) -> np.ndarray:
         """Normalised slow scores with the user's and the candidates' context (one lookup): the
-        id part plus `SlowRanker.context_scores`; an item the slow model has no row for is
-        scored by its context alone instead of sitting at the bottom."""
+        id part plus `SlowRanker.context_scores`; items the slow model has no row for stay at
+        the bottom of the slow ranking, ordered among themselves by their context."""
         context = self.context.lookup(user_id, [self._stats.items.id_of(int(r)) for r in rows])
         return normalise(slow_scores(self._ranker, sig.base, self._slow_rows[rows], context))
 

