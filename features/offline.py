@@ -40,6 +40,32 @@ from features.schema import OFFLINE_DIR, VIEWS
 logger = logging.getLogger(__name__)
 
 _sequence = itertools.count()
+#: Reads of a folder that a concurrent merge changed under them, before giving up.
+MERGE_RETRIES = 5
+
+
+def retry_on_merge(read, attempts: int = MERGE_RETRIES):
+    """``read()``, again if a part it listed was removed meanwhile by a merge (the merged
+    part is already in place, so listing again finds every row).
+
+    >>> calls = []
+    >>> def flaky():
+    ...     calls.append(1)
+    ...     if len(calls) < 3:
+    ...         raise FileNotFoundError("part-1.parquet")
+    ...     return "rows"
+    >>> retry_on_merge(flaky), len(calls)
+    ('rows', 3)
+    """
+    for attempt in range(attempts):
+        try:
+            return read()
+        except FileNotFoundError as exc:
+            if attempt == attempts - 1:
+                raise
+            logger.info("an offline part was merged away during a read (%s); reading again", exc)
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class OfflineLog:
@@ -91,10 +117,16 @@ class OfflineLog:
         return path
 
     def read(self, view: str, columns: list[str] | None = None) -> pa.Table:
-        """Every row of `view` (or just `columns`), all parts together."""
-        dataset = ds.dataset(self.folder(view), format="parquet",
-                             schema=VIEWS[view].arrow_schema())
-        return dataset.to_table(columns=columns)
+        """Every row of `view` (or just `columns`), all parts together.
+
+        A merge running beside the read may remove a part after it was listed: the folder is
+        then listed again (`retry_on_merge`).
+        """
+        def read_once() -> pa.Table:
+            dataset = ds.dataset(self.folder(view), format="parquet", schema=VIEWS[view].arrow_schema())
+            return dataset.to_table(columns=columns)
+
+        return retry_on_merge(read_once)
 
     def compact(self, view: str) -> int:
         """Merge all parts of `view` into one; return the number of rows."""

@@ -324,9 +324,11 @@ class FeatureStoreClient:
 
     def training_frame(self, events: pa.Table | pd.DataFrame) -> pd.DataFrame:
         """Point-in-time training frame; see `features.training.training_frame`."""
+        from features.offline import retry_on_merge
         from features.training import training_frame
 
-        return training_frame(self.store, events)
+        # Feast reads the offline folders itself: a merge beside it may remove a listed part
+        return retry_on_merge(lambda: training_frame(self.store, events))
 
 
 def _conform(view: str, rows: pd.DataFrame) -> pd.DataFrame:
