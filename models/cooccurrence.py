@@ -12,9 +12,10 @@ A query reads all three in one compiled pass (`models.kernels.sparse_row_sum`), 
 increment is visible immediately and the cost follows the entries read, not the catalogue.
 Counts and weights must be positive (they are: co-occurrences, recency weights).
 
-Memory: with ``max_per_row`` set, each fold into `base` keeps a row's ``max_per_row``
-largest entries and drops the rest, so the matrix holds at most ``items * max_per_row``
-cells (plus delta and pending, bounded by the fold thresholds) however long the stream runs.
+Memory: with ``max_per_row`` set, a fold that leaves `base` with more than
+``2 * items * max_per_row`` cells keeps each row's ``max_per_row`` largest entries and drops
+the rest, so the matrix holds at most ``2 * items * max_per_row`` cells (plus delta and
+pending, bounded by the fold thresholds) however long the stream runs.
 A dropped cell that occurs again starts over from its new increments. Unset, the counts are
 exact and grow with the distinct pairs seen (the `itemknn` peer's definition).
 """
@@ -152,8 +153,8 @@ class Cooccurrence:
         self._delta = _resized(self._delta, n) + sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
         if self._delta.nnz > max(65_536, self._base.nnz // 8):
             self._base = (_resized(self._base, n) + self._delta).tocsr()
-            if self.max_per_row is not None:
-                self._base = top_per_row(self._base, self.max_per_row)
+            if self.max_per_row is not None and self._base.nnz > 2 * self._base.shape[0] * self.max_per_row:
+                self._base = top_per_row(self._base, self.max_per_row)   # lazily: its sort is not free
             self._delta = _empty(n)
 
     def _fold_pending(self) -> None:
