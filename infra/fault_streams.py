@@ -61,11 +61,11 @@ def event_keys(table: pa.Table) -> list[tuple[str, int]]:
     return list(zip(table.column("user_id").to_pylist(), table.column("timestamp").cast(pa.int64()).to_pylist()))
 
 
-def make_topic(bootstrap: str, partitions: int = 4) -> tuple[str, str]:
-    """A fresh interactions topic and its dead-letter topic."""
+def make_topic(bootstrap: str, partitions: int = 4, prefix: str = "faults") -> tuple[str, str]:
+    """A fresh interactions topic (named ``prefix-<random>``) and its dead-letter topic."""
     from streaming.kafka import TopicSpec, ensure_topics
 
-    topic = unique("faults")
+    topic = unique(prefix)
     ensure_topics(bootstrap, [TopicSpec(topic, partitions), TopicSpec(topic + ".dlq", 1)])
     return topic, topic + ".dlq"
 

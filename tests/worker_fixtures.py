@@ -13,46 +13,27 @@ import pickle
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
+from infra.fault_streams import BASE_MS, keyed_events, make_topic, unique  # noqa: F401 (unique: for the tests)
 from models.base import Recommender
-from streaming.kafka import TopicSpec, committed_offsets, ensure_topics
-from streaming.normalize import EVENT_SCHEMA
+from streaming.kafka import committed_offsets
 
-BASE_MS = 1714564800000  # 2024-05-01T12:00:00Z
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def make_topics(bootstrap: str, partitions: int = 4) -> tuple[str, str]:
     """A fresh interactions topic and its dead-letter topic."""
-    topic = unique("interactions")
-    ensure_topics(bootstrap, [TopicSpec(topic, partitions), TopicSpec(topic + ".dlq", 1)])
-    return topic, topic + ".dlq"
+    return make_topic(bootstrap, partitions, prefix="interactions")
 
 
 def event_table(n: int, users: int = 50, items: int = 40, seed: int = 0, start_ms: int = BASE_MS,
                 prefix: str = "e") -> pa.Table:
     """``n`` events with unique ids, ``users`` users, ``items`` items, one per second."""
-    rng = np.random.default_rng(seed)
-    stamps = start_ms + np.arange(n, dtype=np.int64) * 1000
-    return pa.table({
-        "event_id": [f"{prefix}{seed}-{k}" for k in range(n)],
-        "user_id": [f"u{u}" for u in rng.integers(0, users, n)],
-        "item_id": [f"i{i}" for i in rng.integers(0, items, n)],
-        "timestamp": pa.array(stamps).cast(pa.timestamp("ms", tz="UTC")),
-        "event_type": rng.choice(["view", "click", "purchase"], n).tolist(),
-        "value": rng.integers(1, 4, n).astype(np.float64),
-        "context": pa.nulls(n, pa.string()),
-    }, schema=EVENT_SCHEMA)
+    return keyed_events(n, users=users, items=items, seed=seed, start_ms=start_ms, step_ms=1000, prefix=prefix)
 
 
 def replay(model: Recommender, table: pa.Table) -> Recommender:
