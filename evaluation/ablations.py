@@ -72,13 +72,16 @@ class FinetunePolicy(SlowPolicy):
         if len(self._pending) >= self.batch:
             self._step()
 
-    def _step(self) -> None:
-        ranker = self.ranker
-        parts = [ranker.build_examples([u], [i], initial_history={u: hist}) for u, i, hist in self._pending]
+    def _pending_examples(self):
+        """The pending events as one batch of examples, each with the user's history before it."""
+        parts = [self.ranker.build_examples([u], [i], initial_history={u: hist}) for u, i, hist in self._pending]
         examples = parts[0]
         for part in parts[1:]:
             examples = examples.concat(part)
-        ranker.sgd_step(examples, self.lr)
+        return examples
+
+    def _step(self) -> None:
+        self.ranker.sgd_step(self._pending_examples(), self.lr)
         self._pending.clear()
 
 

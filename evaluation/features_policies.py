@@ -10,10 +10,9 @@ Each learns exactly what its plain counterpart learns and additionally
 `slow+features` and `finetune+features` rank every item they have learned: the items the slow
 model has a row for by id + context, below them the ones it has none for (introduced after the
 warm-up) in the order of their context (`CatalogueScorer`, `models.slow.below_known`); their
-plain counterparts can rank only the items the slow model knows. `fast-slow+features` is
-`ContextFastSlow`: a `models.fastslow.FastSlow` given a ``context`` provider, whose slow score
-per candidate then adds `SlowRanker.context_scores` from one lookup of the user and the
-candidates.
+plain counterparts can rank only the items the slow model knows. `fast-slow+features` is a
+`models.fastslow.FastSlow` given a ``context`` provider, whose slow score per candidate then
+adds `SlowRanker.context_scores` from one lookup of the user and the candidates.
 """
 
 from __future__ import annotations
@@ -135,10 +134,7 @@ class FeatureFinetunePolicy(FeatureSlowPolicy, FinetunePolicy):
 
     def _step(self) -> None:
         ranker = self.ranker
-        parts = [ranker.build_examples([u], [i], initial_history={u: hist}) for u, i, hist in self._pending]
-        examples = parts[0]
-        for part in parts[1:]:
-            examples = examples.concat(part)
+        examples = self._pending_examples()
         users, items, categories = (np.stack([c[0] for c in self._contexts]), np.stack([c[1] for c in self._contexts]),
                                     np.array([c[2] for c in self._contexts]))
         if self.scorer.table.version != self._table_version:   # negatives read the current catalogue
@@ -150,29 +146,23 @@ class FeatureFinetunePolicy(FeatureSlowPolicy, FinetunePolicy):
         self._contexts.clear()
 
 
-class ContextFastSlow(FastSlow):
-    """`FastSlow` built with a context provider (`FastSlow.score` adds context to the slow score)."""
-
-    def __init__(self, ranker: SlowRanker | None = None, context: FeatureContext | None = None, **kwargs) -> None:
-        super().__init__(ranker, **kwargs)
-        self.context = context
-
-
 class FeatureFastSlowPolicy(Recommender):
-    """`fast-slow` with context: a `ContextFastSlow` over a slow model trained with context."""
+    """`fast-slow` with context: a `FastSlow` reading online context (its ``context``) over a
+    slow model trained with context."""
 
     name = "fast-slow+features"
 
     def __init__(self, feed: FeatureFeed, seed: int = 0) -> None:
         self.feed = feed
         self.seed = seed
-        self.model: ContextFastSlow | None = None
+        self.model: FastSlow | None = None
 
     def learn_warmup(self, users, items, timestamps, event_types, values) -> None:
         self.feed.learn_many(users, items, timestamps, event_types, values)
         ranker = SlowRanker(seed=self.seed, context=self.feed.spec.as_dict())
         train_with_context(ranker, self.feed, users, items, timestamps)
-        self.model = ContextFastSlow(ranker, context=self.feed.provider, seed=self.seed)
+        self.model = FastSlow(ranker, seed=self.seed)
+        self.model.context = self.feed.provider
         self.model.learn_warmup(users, items, timestamps, event_types, values)
 
     def report(self) -> dict:
