@@ -38,12 +38,12 @@ def _since_ms(since: str | None, registry) -> int | None:
     return int(until) if until is not None else None
 
 
-def _training_context(settings, registry, champion: int | None, seed: int):
+def _training_context(settings, seed: int):
     """(FeatureContext or None, new_ranker) for the applied feature repo under the data dir.
 
     With a repository: training reads point-in-time context through it when the champion was
-    built with context, and a first champion is built with the default context spec. Without
-    one: id-only training, as before.
+    built with context (in the champion's own encoding), and a first champion is built with
+    the default context spec. Without one: id-only training, as before.
     """
     from models.slow import SlowRanker
 
@@ -53,8 +53,7 @@ def _training_context(settings, registry, champion: int | None, seed: int):
     from features.context import FeatureContext
     from features.store import FeatureStoreClient
 
-    spec = registry.load(champion).context if champion is not None else None
-    features = FeatureContext(FeatureStoreClient(repo), spec)
+    features = FeatureContext(FeatureStoreClient(repo))
     return features, lambda: SlowRanker(seed=seed, context=features.spec.as_dict())
 
 
@@ -116,7 +115,7 @@ def consolidate_command(
                                  ewc_lambda=settings.ewc_lambda if ewc_lambda is None else ewc_lambda,
                                  ewc_gamma=settings.ewc_gamma,
                                  tolerance=settings.gate_tolerance if tolerance is None else tolerance, seed=seed)
-    features, new_ranker = _training_context(settings, registry, champion, seed)
+    features, new_ranker = _training_context(settings, seed)
     result = consolidate(registry, sample, config, show_progress=True, features=features, new_ranker=new_ranker)
     console = Console(stderr=True)
     verdict = "[green]promoted[/green]" if result.promoted else "[yellow]kept the champion[/yellow]"

@@ -108,7 +108,8 @@ def with_training_context(ranker: SlowRanker, examples: Examples, sample: Replay
     that reads context; unchanged for one that does not (or without ``features``).
 
     ``features`` is a `features.context.FeatureContext` over the feature store the worker
-    pushes to: the user and item context of each event is the feature store's state strictly
+    pushes to (read with the ranker's own encoding, whatever spec it was made with): the user
+    and item context of each event is the feature store's state strictly
     before the event (Feast ``get_historical_features``), and the ranker's sampled negatives
     read the items' context history as of each batch (`SlowRanker.set_item_table`).
     """
@@ -122,6 +123,7 @@ def with_training_context(ranker: SlowRanker, examples: Examples, sample: Replay
                        "timestamp": pa.array(times_ms, pa.int64()).cast(pa.timestamp("ms", "UTC")),
                        "event_type": [str(t) for t in sample.event_types],
                        "value": np.asarray(sample.values, dtype=np.float64)})
+    features = features.with_spec(ranker.context)   # the encoding the ranker was built with
     context = features.training_context(events)
     ranker.set_item_table(*features.item_history(ranker.items.ids()))
     return examples.with_context(context.user, context.items, context.categories, times=times_ms / 1000.0)

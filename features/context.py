@@ -217,6 +217,15 @@ class FeatureContext:
         if cache:
             client.on_write(self._cache.drop)
 
+    def with_spec(self, spec: ContextSpec | dict | None) -> FeatureContext:
+        """This store read with another encoding (a ranker's ``context``): self if it is the same.
+
+        A model is trained and served with the encoding it was built with, whatever spec the
+        caller's provider was made with.
+        """
+        spec = spec if isinstance(spec, ContextSpec) else ContextSpec.from_dict(spec) if spec else ContextSpec()
+        return self if spec == self.spec else FeatureContext(self.client, spec)
+
     # ---- serving -------------------------------------------------------------------------
 
     def lookup(self, user_id: str, item_ids: Sequence[str]) -> ContextArrays:
