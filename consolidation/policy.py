@@ -125,7 +125,8 @@ class Consolidating:
     _schedule: Schedule
 
     def _consolidate(self) -> None:
-        raise NotImplementedError
+        """One consolidation on the schedule's sample; each policy defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define _consolidate")
 
     def consolidate(self) -> bool:
         """Consolidate now on everything learned (e.g. at the end of a period); False if nothing new."""
