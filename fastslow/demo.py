@@ -84,6 +84,7 @@ class Demo:
         self.stack = contextlib.ExitStack()
         self.report: dict = {"consolidation": None}
         self._stop = threading.Event()
+        self._consolidation_error: BaseException | None = None
 
     # -- set-up ----------------------------------------------------------------------------
     def start(self, table: pa.Table) -> None:
@@ -172,6 +173,15 @@ class Demo:
         reply.raise_for_status()
         return {item["item_id"] for item in reply.json()["items"]}
 
+    def _consolidate_in_thread(self) -> None:
+        """Run `_consolidate`, keeping its error for the main thread to raise (a thread's error
+        would otherwise only be printed, and the demo would end as if nothing had failed)."""
+        try:
+            self._consolidate()
+        except BaseException as error:   # re-raised by stream_log
+            logger.exception("the demo's consolidation failed")
+            self._consolidation_error = error
+
     def _consolidate(self) -> None:
         """Consolidate the archive the worker wrote (plus the warm-up), distilling the fast path."""
         from consolidation.distill import distiller
@@ -197,13 +207,11 @@ class Demo:
 
     def _wait_archived(self, count: int, timeout: float) -> None:
         """Wait until the worker's archive (written every few seconds) holds `count` events."""
-        import pyarrow.parquet as pq
-
-        from streaming.archive import archive_dir
+        from streaming.archive import archive_dir, archived_count
 
         root, deadline = archive_dir(self.dir, "interactions"), time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if sum(pq.ParquetFile(f).metadata.num_rows for f in Path(root).rglob("*.parquet")) >= count:
+            if archived_count(root) >= count:
                 return
             time.sleep(0.25)
 
@@ -229,9 +237,13 @@ class Demo:
                     self.stats.freshness_ms.append(worker.last_apply_latency_ms)   # after start-up
                 self.stats.timeline.append((now - started, self.stats.rolling_hr, rate, self.stats.champion or 0))
                 if consolidation is None and self.stats.produced >= self.stats.to_produce // 2:
-                    consolidation = threading.Thread(target=self._consolidate, name="demo-consolidation", daemon=True)
+                    consolidation = threading.Thread(target=self._consolidate_in_thread, name="demo-consolidation",
+                                                     daemon=True)
                     consolidation.start()
                 live.update(render(self.stats, worker, rate))
+        if self._consolidation_error is not None:
+            raise RuntimeError(f"the demo's consolidation failed: {self._consolidation_error!r}; "
+                               "the traceback is in the log above") from self._consolidation_error
         self._wait_for_champion_swap()
         self.report["stream_seconds"] = round(time.monotonic() - started, 1)
 

@@ -239,18 +239,32 @@ def iter_archive(root: str | Path, since: datetime | date | None = None) -> Iter
     >>> list(iter_archive("/nonexistent"))
     []
     """
-    root = Path(root)
     since_ms, since_day = _since(since)
+    for path in _archive_files(Path(root), since_day):
+        table = pq.read_table(path).select(EVENT_SCHEMA.names)
+        if since_ms is not None:
+            table = table.filter(pc.greater_equal(pc.cast(table.column("timestamp"), pa.int64()), since_ms))
+        if table.num_rows:
+            yield table
+
+
+def archived_count(root: str | Path) -> int:
+    """How many events the archive's finished files hold (from Parquet footers; a file still
+    being written is not counted).
+
+    >>> archived_count("/nonexistent")
+    0
+    """
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in _archive_files(Path(root), ""))
+
+
+def _archive_files(root: Path, since_day: str) -> Iterator[Path]:
+    """The archive's finished files by date, then partition, then offset (never a temporary)."""
     dates = sorted(p for p in root.glob("date=*") if p.is_dir() and p.name[5:] >= since_day)
     for day_dir in dates:
         partitions = sorted(day_dir.glob("partition=*"), key=lambda p: int(p.name.split("=", 1)[1]))
         for partition_dir in partitions:
-            for path in sorted(p for p in partition_dir.iterdir() if _NAME.match(p.name)):
-                table = pq.read_table(path).select(EVENT_SCHEMA.names)
-                if since_ms is not None:
-                    table = table.filter(pc.greater_equal(pc.cast(table.column("timestamp"), pa.int64()), since_ms))
-                if table.num_rows:
-                    yield table
+            yield from sorted(p for p in partition_dir.iterdir() if _NAME.match(p.name))
 
 
 def _since(since: datetime | date | None) -> tuple[int | None, str]:

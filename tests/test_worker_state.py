@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fastslow.errors import ConfigError
-from streaming.archive import ARCHIVE_SCHEMA, ArchiveSegment, EventArchive, iter_archive
+from streaming.archive import ARCHIVE_SCHEMA, ArchiveSegment, EventArchive, archived_count, iter_archive
 from streaming.dedup import DedupWindow
 from streaming.durable import TMP_PREFIX
 from streaming.holdings import Holdings
@@ -74,6 +74,15 @@ def test_iter_archive_since_keeps_later_events_only(tmp_path):
     assert sum(t.num_rows for t in iter_archive(tmp_path, since=date(2024, 5, 2))) == 10
     with pytest.raises(ConfigError):
         list(iter_archive(tmp_path, since=datetime(2024, 5, 1)))
+
+
+def test_archived_count_reads_finished_files_and_skips_one_being_written(tmp_path):
+    archive = EventArchive(tmp_path)
+    archive.write(_segment(0, event_table(10), 0))
+    archive.write(_segment(3, event_table(4, seed=5), 0))
+    (tmp_path / "date=2024-05-01" / "partition=0" / f"{TMP_PREFIX}123-x.parquet").write_bytes(b"")  # mid-write
+    assert archived_count(tmp_path) == 14
+    assert archived_count(tmp_path / "missing") == 0
 
 
 def test_dedup_window_forgets_the_oldest_and_restores_in_order():
