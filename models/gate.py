@@ -32,6 +32,8 @@ import math
 
 import numpy as np
 
+from models.kernels import scale_columns
+
 #: Names of the fast-path signal columns, in order.
 FAST_SIGNALS = ("fast_weights", "cooccurrence", "transition", "memory", "recent_popularity")
 #: Names of the request features, in order (after the leading bias term).
@@ -65,6 +67,17 @@ def normalise(column: np.ndarray) -> np.ndarray:
     if not np.isfinite(lo) or hi - lo <= 1e-12:
         return np.zeros(len(column))
     return (column - lo) / (hi - lo)
+
+
+def normalise_columns(matrix: np.ndarray) -> np.ndarray:
+    """`normalise` applied to every column of an (n, c) float64 array at once, in place (the
+    scorer builds the matrix for this; one compiled pass instead of c rounds of numpy calls).
+
+    >>> normalise_columns(np.array([[2.0, 5.0], [4.0, 5.0], [3.0, 5.0]])).tolist()
+    [[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]]
+    """
+    scale_columns(matrix)
+    return matrix
 
 
 class Gate:

@@ -128,3 +128,45 @@ def pool_histories(item_in, flat, ends, recency, out):
             for j in range(item_in.shape[1]):
                 out[b, j] /= total
         start = end
+
+
+@njit(cache=True, nogil=True)
+def sparse_at(rows, entry_rows, entry_values, out):
+    """out[i] = entry_values[e] where entry_rows[e] == rows[i] (both sorted ascending, entry
+    rows distinct); other positions of `out` are left as they are."""
+    i = 0
+    n = rows.size
+    for e in range(entry_rows.size):
+        r = entry_rows[e]
+        while i < n and rows[i] < r:
+            i += 1
+        if i == n:
+            break
+        if rows[i] == r:
+            out[i] = entry_values[e]
+
+
+@njit(cache=True, nogil=True)
+def scale_columns(matrix):
+    """In place: each column x of the (n, c) float64 `matrix` becomes (x - min) / (max - min);
+    a column whose min is not finite (inf, NaN) or whose range is at most 1e-12 becomes zeros."""
+    n, c = matrix.shape
+    for j in range(c):
+        lo = np.inf
+        hi = -np.inf
+        nan = False
+        for i in range(n):
+            x = matrix[i, j]
+            if x != x:
+                nan = True
+            if x < lo:
+                lo = x
+            if x > hi:
+                hi = x
+        span = hi - lo
+        if nan or not np.isfinite(lo) or not span > 1e-12:
+            for i in range(n):
+                matrix[i, j] = 0.0
+        else:
+            for i in range(n):
+                matrix[i, j] = (matrix[i, j] - lo) / span

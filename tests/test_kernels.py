@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.kernels import bpr_steps, pool_histories, sparse_row_sum, splitmix_rows
+from models.kernels import bpr_steps, pool_histories, scale_columns, sparse_at, sparse_row_sum, splitmix_rows
 
 MASK = (1 << 64) - 1
 
@@ -71,3 +71,26 @@ def test_pool_histories_is_the_recency_weighted_mean_of_known_items():
     want0 = (0.5 * item_in[3] + 0.2 * item_in[5]) / 0.7
     want2 = (0.5 * item_in[2] + 0.3 * item_in[4]) / 0.8
     assert np.allclose(out, [want0, [0.0, 0.0], want2])
+
+
+def test_sparse_at_writes_each_entry_at_its_row_and_leaves_the_rest():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        rows = np.unique(rng.integers(0, 60, rng.integers(0, 30)))
+        entry_rows = np.unique(rng.integers(0, 60, rng.integers(0, 30)))
+        values = rng.random(len(entry_rows))
+        out = np.full(len(rows), -1.0)
+        sparse_at(rows, entry_rows, values, out)
+        lookup = dict(zip(entry_rows.tolist(), values.tolist()))
+        assert out.tolist() == [lookup.get(r, -1.0) for r in rows.tolist()]
+
+
+def test_scale_columns_is_min_max_scaling_per_column_with_flat_and_infinite_columns_zeroed():
+    m = np.array([[2.0, 5.0, 1.0, np.nan, -np.inf],
+                  [4.0, 5.0, np.inf, 1.0, 0.0],
+                  [3.0, 5.0, 3.0, 2.0, 1.0]])
+    scale_columns(m)
+    want = [[(2 - 2) / 2, 0.0, 0.0, 0.0, 0.0],
+            [(4 - 2) / 2, 0.0, np.nan, 0.0, 0.0],   # finite min, infinite max: inf / inf
+            [(3 - 2) / 2, 0.0, 0.0, 0.0, 0.0]]
+    assert np.array_equal(m, np.array(want), equal_nan=True)
