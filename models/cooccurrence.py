@@ -174,8 +174,8 @@ class Cooccurrence:
         non-zero entries: the cost follows the rows' entries, not the catalogue's size."""
         rows = np.asarray(rows, dtype=np.int64)
         w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
-        inside = rows < self._size
-        if not inside.all():
+        if len(rows) and rows.max() >= self._size:
+            inside = rows < self._size
             rows, w = rows[inside], w[inside]
         self._ensure_scratch()
         base, delta = self._base, self._delta

@@ -33,7 +33,8 @@ from models.gate import FAST_SIGNALS, Gate, normalise
 from models.item_index import ItemIndex
 from models.kernels import splitmix_rows
 from models.memory import EpisodicMemory
-from models.scorer import VERBS, Scored, Signals, Sparse, candidate_features, reason_for, top_positive
+from models.scorer import (VERBS, Scored, Signals, Sparse, candidate_features, reason_for, sorted_unique,
+                           top_positive, unique_inverse)
 from models.slow import SlowRanker, slow_scores
 from models.stream_stats import StreamStats
 from models.vocab import Vocab
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 EVENT_KINDS = ("view", "click", "cart", "purchase", "rating", "skip")
 _KIND_CODE = {k: n for n, k in enumerate(EVENT_KINDS)}
+#: Divisors of log1p(fast events, idle seconds, co-occurrence, transition, memory strength) in
+#: the gate's request features.
+_REQUEST_LOG_SCALE = np.array([5.0, 15.0, 5.0, 5.0, 3.0])
 
 
 @dataclass
@@ -79,7 +83,7 @@ def draw_rows(seeds: np.ndarray, count: int, n: int) -> np.ndarray:
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), as float32."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.sqrt(np.add.reduce(vectors * vectors, axis=1, keepdims=True))   # np.linalg.norm's own sum
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
@@ -159,6 +163,7 @@ class FastSlow(Recommender):
         self._fast_rows = np.zeros(0, dtype=np.int64)     # slow row -> fast item row (-1 unseen)
         self._queue: list[tuple] = []
         self._served: OrderedDict[str, Scored] = OrderedDict()   # user -> the list they were last shown
+        self._base_memo: tuple | None = None                # (inputs, vector) of the last slow user vector
         self._trending_rows: np.ndarray | None = None
         self._trending_at = 0
         self.clock = 0.0
@@ -191,6 +196,7 @@ class FastSlow(Recommender):
         """
         self.flush()
         self._ranker = ranker
+        self._base_memo = None
         self._index = index if index is not None else self.index_for(ranker)
         n_slow = len(ranker.items)
         self._slow_rows = np.full(max(1024, self._stats.n_items), -1, dtype=np.int64)
@@ -237,9 +243,23 @@ class FastSlow(Recommender):
 
     def _user_vector(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(slow user vector, fast vector) for the user now."""
-        recent = self._recent(user_id)
-        base = self._ranker.user_vector_rows(self._slow_user(user_id), self._slow_rows[recent])
-        return base, self._fast.vector(user_id, self.clock)
+        return self._slow_base(self._slow_user(user_id), self._recent(user_id)), self._fast.vector(user_id, self.clock)
+
+    def _slow_base(self, slow_user: int, history: np.ndarray) -> np.ndarray:
+        """The slow user vector for a slow-model user row and the user's item rows (oldest first).
+
+        The last one is kept (read-only) with its inputs: the flush of the event that follows
+        a request needs the very same vector (the user's history up to that event). Inputs are
+        the slow model's rows, so a mapping or user change misses; `use_ranker` clears it.
+        """
+        slow_history = self._slow_rows[history]
+        key = (slow_user, slow_history.tobytes())
+        if self._base_memo is not None and self._base_memo[0] == key:
+            return self._base_memo[1]
+        vector = self._ranker.user_vector_rows(slow_user, slow_history)
+        vector.flags.writeable = False
+        self._base_memo = (key, vector)
+        return vector
 
     # ------------------------------------------------------------------ learning
     def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
@@ -285,15 +305,17 @@ class FastSlow(Recommender):
             return
         queue, self._queue = self._queue, []
         ranker = self._ranker
-        users = [q[0] for q in queue]
-        items = [q[1] for q in queue]
-        times = np.array([q[3] for q in queue])
-        rows = np.array([q[2] for q in queue], dtype=np.int64)
-        histories = [np.frombuffer(q[6], dtype=np.int64) for q in queue]
+        users, items, row_list, time_list, kinds, values, history_bytes = zip(*queue)
+        times = np.array(time_list)
+        rows = np.array(row_list, dtype=np.int64)
+        histories = [np.frombuffer(h, dtype=np.int64) for h in history_bytes]
         self._stats.count(rows, times)
         self._stats.link(histories, rows)
-        base = ranker.user_vectors_rows(np.array([self._slow_user(u) for u in users]),
-                                        [self._slow_rows[h] for h in histories])
+        if len(queue) == 1:   # one event (a replay, an API call): scoring that user just computed it
+            base = self._slow_base(self._slow_user(users[0]), histories[0])[None, :]
+        else:
+            base = ranker.user_vectors_rows(np.array([self._slow_user(u) for u in users]),
+                                            [self._slow_rows[h] for h in histories])
         slow_rows = self._slow_rows[rows]
         learnable = slow_rows >= 0
         negs = np.zeros((len(queue), self.negatives), dtype=np.int64)
@@ -315,8 +337,7 @@ class FastSlow(Recommender):
                 keys[n] += self._fast.vector(users[n], times[n])
         user_rows = [self._users.add(u) for u in users]
         ids = self._memory.add(_unit(keys), rows, np.array(user_rows), times,
-                               np.array([q[4] for q in queue], dtype=np.int8),
-                               np.array([q[5] for q in queue], dtype=np.float32))
+                               np.array(kinds, dtype=np.int8), np.array(values, dtype=np.float32))
         self._cap_memory(user_rows, ids)
 
     def _cap_memory(self, user_rows: list[int], ids: np.ndarray) -> None:
@@ -376,8 +397,8 @@ class FastSlow(Recommender):
             hits = self._memory.search(_unit((base + fast_vec)[None, :])[0], 2 * self.memory_k)
             others = np.flatnonzero(hits.users != self._users.get(user_id))[: self.memory_k]
             age = np.maximum(self.clock - hits.times[others], 0.0)
-            weight = np.clip(hits.scores[others], 0.0, None) * np.power(0.5, age / self.memory_half_life)
-            mem_rows, inverse = np.unique(hits.items[others], return_inverse=True)
+            weight = np.maximum(hits.scores[others], 0.0) * np.power(0.5, age / self.memory_half_life)
+            mem_rows, inverse = unique_inverse(hits.items[others])
             memory = Sparse(mem_rows, np.bincount(inverse, weights=weight, minlength=len(mem_rows)))
             strength = float(weight.sum())
         return Signals(base, fast_vec, Sparse(*stats.cooccurrence_scores(recent)),
@@ -391,7 +412,7 @@ class FastSlow(Recommender):
             slow_rows, _ = self._index.search(sig.base + sig.fast_vec, self.ann_candidates)
             rows = self._fast_rows[slow_rows]
             parts.append(rows[rows >= 0])
-        return np.unique(np.concatenate(parts).astype(np.int64))
+        return sorted_unique(np.concatenate(parts).astype(np.int64))
 
     def _trending(self) -> np.ndarray:
         """The most popular items right now, recomputed at most every 100 events (it moves slowly)."""
@@ -403,15 +424,19 @@ class FastSlow(Recommender):
     def _request(self, user_id: str, sig: Signals) -> np.ndarray:
         state = self._fast.get(user_id)
         recent = self._recent(user_id)
+        # one log1p over the five counts (a numpy call per scalar cost more than the rest)
+        events, idle = (state.events, max(self.clock - state.updated, 0.0)) if state is not None else (0, 0.0)
+        logs = np.log1p(np.array([events, idle, sig.cooc.strength, sig.trans.strength, sig.mem_strength]))
+        logs /= _REQUEST_LOG_SCALE
         return np.array([
             1.0,
-            np.log1p(state.events) / 5.0 if state is not None else 0.0,
-            np.log1p(max(self.clock - state.updated, 0.0)) / 15.0 if state is not None else 1.0,
-            np.log1p(sig.cooc.strength) / 5.0,
-            np.log1p(sig.trans.strength) / 5.0,
-            np.log1p(sig.mem_strength) / 3.0,
+            logs[0] if state is not None else 0.0,
+            logs[1] if state is not None else 1.0,
+            logs[2],
+            logs[3],
+            logs[4],
             1.0 if self._slow_user(user_id) >= 0 else 0.0,
-            float((self._slow_rows[recent] >= 0).mean()) if len(recent) else 0.0,
+            np.count_nonzero(self._slow_rows[recent] >= 0) / len(recent) if len(recent) else 0.0,
         ])
 
     def score(self, user_id: str, exclude: Collection[str] = ()) -> Scored:
@@ -420,7 +445,10 @@ class FastSlow(Recommender):
         sig = self._signals(user_id)
         rows = self._candidates(sig)
         if exclude:
-            rows = rows[~np.isin(rows, self._stats.items.lookup(exclude))]
+            # a mask over the catalogue; its extra last slot takes the -1 of ids never seen
+            excluded = np.zeros(self._stats.n_items + 1, dtype=bool)
+            excluded[self._stats.items.lookup(exclude)] = True
+            rows = rows[~excluded[rows]]
         slow, fast = candidate_features(rows, sig, self._slow_rows, self._ranker.item_vectors,
                                         self._ranker.item_biases)
         if len(rows) and self.context is not None and self._ranker.uses_context:
@@ -576,11 +604,13 @@ class FastSlow(Recommender):
         self.flush()
         state = self.__dict__.copy()
         state["context"] = None
+        state["_base_memo"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("context", None)
+        self.__dict__.setdefault("_base_memo", None)
 
 
 def fast_slow(seed: int = 0) -> FastSlow:

@@ -388,15 +388,21 @@ class SlowRanker:
 
     def user_vectors_rows(self, user_rows: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Many slow user vectors at once: user rows (-1 unknown) and item-row histories, oldest first."""
-        ends = np.cumsum(np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories)))
-        flat = np.concatenate(histories).astype(np.int64, copy=False) if len(histories) else np.zeros(0, np.int64)
+        if len(histories) == 1:   # one request's user: no bookkeeping for many
+            flat = np.asarray(histories[0], dtype=np.int64)
+            ends = np.array([len(flat)], dtype=np.int64)
+        else:
+            ends = np.cumsum(np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories)))
+            flat = np.concatenate(histories).astype(np.int64, copy=False) if len(histories) else np.zeros(0, np.int64)
         pooled = np.zeros((len(histories), self.dim), dtype=np.float32)
         pool_histories(self._item_in, flat, ends, self._weights_f32, pooled)
-        vec = pooled @ self._pool_w.T + self._pool_b
+        vec = pooled @ self._pool_w.T
+        vec += self._pool_b
         users = np.asarray(user_rows, dtype=np.int64)
         ok = (users >= 0) & (users < len(self._user_emb))
-        vec[ok] += self._user_emb[users[ok]]
-        return vec.astype(np.float32, copy=False)
+        if ok.any():
+            vec[ok] += self._user_emb[users[ok]]
+        return vec
 
     def context_scores(self, base: np.ndarray, rows: np.ndarray, context: ContextArrays,
                        item_parts: np.ndarray | None = None) -> np.ndarray:

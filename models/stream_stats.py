@@ -11,6 +11,7 @@ minutes ago and that the slow model has never seen.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -27,6 +28,15 @@ def _grow(array: np.ndarray, size: int) -> np.ndarray:
     bigger = np.zeros(max(size, 2 * len(array)), dtype=array.dtype)
     bigger[: len(array)] = array
     return bigger
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_pair_weights(n: int, decay: float) -> np.ndarray:
+    """`StreamStats.pair_weights`, computed once per (n, decay) and shared read-only: every
+    request asks for the same few."""
+    weights = StreamStats.pair_weights(n, decay)
+    weights.flags.writeable = False
+    return weights
 
 
 class StreamStats:
@@ -97,8 +107,7 @@ class StreamStats:
     def count(self, rows: np.ndarray, timestamps: np.ndarray) -> None:
         """Count interactions with registered item rows at the given times (vectorised)."""
         np.add.at(self.counts, rows, 1.0)
-        touched = np.unique(rows)
-        self._inv_sqrt[touched] = 1.0 / np.sqrt(self.counts[touched] + 1.0)
+        self._inv_sqrt[rows] = 1.0 / np.sqrt(self.counts[rows] + 1.0)   # a repeated row writes one value
         # Decayed counts are stored as of `_pop_time`; an event at t adds 0.5**((_pop_time - t)/H).
         # Re-reference to a newer time at most once per half-life (an exact rescale).
         newest, half_life = float(timestamps.max()), self.popularity_half_life
@@ -130,12 +139,13 @@ class StreamStats:
     def cooccurrence_scores(self, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Sum over the user's last `window` items of decay**age * C[h, j] / sqrt(n_j + 1), as
         (item rows, scores) of the non-zero entries (the item-kNN normalisation by popularity)."""
-        window = list(recent[-self.window:])
-        cols, vals = self.cooccurrence.sparse_scores(window, self.pair_weights(len(window), self.decay))
-        return cols, vals * self._inv_sqrt[cols]
+        window = np.asarray(recent, dtype=np.int64)[-self.window:]
+        cols, vals = self.cooccurrence.sparse_scores(window, _shared_pair_weights(len(window), self.decay))
+        vals *= self._inv_sqrt[cols]
+        return cols, vals
 
     def transition_scores(self, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Sum over the last `transition_window` items of decay**age * T[h -> j], as (item rows,
         scores) of the non-zero entries."""
-        short = list(recent[-self.transition_window:])
-        return self.transitions.sparse_scores(short, self.pair_weights(len(short), self.transition_decay))
+        short = np.asarray(recent, dtype=np.int64)[-self.transition_window:]
+        return self.transitions.sparse_scores(short, _shared_pair_weights(len(short), self.transition_decay))
