@@ -31,10 +31,10 @@ from models.base import Recommender
 from models.fast import FastWeights, UserState
 from models.gate import FAST_SIGNALS, Gate, normalise
 from models.item_index import ItemIndex
-from models.kernels import splitmix_rows
+from models.kernels import splitmix_rows, sum_by_row
 from models.memory import EpisodicMemory
 from models.scorer import (VERBS, Scored, Signals, Sparse, candidate_features, reason_for, sorted_unique,
-                           top_positive, unique_inverse)
+                           top_positive)
 from models.slow import SlowRanker, slow_scores
 from models.stream_stats import StreamStats
 from models.vocab import Vocab
@@ -84,7 +84,7 @@ def draw_rows(seeds: np.ndarray, count: int, n: int) -> np.ndarray:
 def _unit(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), as float32."""
     norms = np.sqrt(np.add.reduce(vectors * vectors, axis=1, keepdims=True))   # np.linalg.norm's own sum
-    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
 
 
 class FastSlow(Recommender):
@@ -398,8 +398,7 @@ class FastSlow(Recommender):
             others = np.flatnonzero(hits.users != self._users.get(user_id))[: self.memory_k]
             age = np.maximum(self.clock - hits.times[others], 0.0)
             weight = np.maximum(hits.scores[others], 0.0) * np.power(0.5, age / self.memory_half_life)
-            mem_rows, inverse = unique_inverse(hits.items[others])
-            memory = Sparse(mem_rows, np.bincount(inverse, weights=weight, minlength=len(mem_rows)))
+            memory = Sparse(*sum_by_row(hits.items[others], weight))
             strength = float(weight.sum())
         return Signals(base, fast_vec, Sparse(*stats.cooccurrence_scores(recent)),
                        Sparse(*stats.transition_scores(recent)),
@@ -468,7 +467,7 @@ class FastSlow(Recommender):
         """The top k for the user; the list is remembered so the user's next event teaches the gate."""
         scored = self.score(user_id, exclude)
         self._remember_shown(scored)
-        return [self._stats.items.id_of(int(r)) for r in scored.rows[scored.top(k)]]
+        return self._stats.items.ids_of(scored.rows[scored.top(k)])
 
     def explain(self, user_id: str, k: int, exclude: Collection[str] = ()) -> list[Recommendation]:
         """The top k with scores, fast/slow parts and a reason each (what `/recommend` returns)."""

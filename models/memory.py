@@ -366,9 +366,10 @@ class EpisodicMemory:
         if removed != len(slots) or self._index.ntotal != self._n_live:
             raise FastslowError(f"episodic memory out of step: asked FAISS to remove {len(slots)} "
                                 f"ids, it removed {removed} (this is a bug; please report it)")
-        end = self._next_id - self._base
-        live = np.flatnonzero(self._slots["alive"][self._head:end])
-        self._head = int(live[0]) + self._head if len(live) else end
+        alive = self._slots["alive"][self._head:self._next_id - self._base]
+        if len(alive) and not alive[0]:   # advance to the first live slot (argmax stops there)
+            first = int(np.argmax(alive))
+            self._head += first if alive[first] else len(alive)
         return len(slots)
 
     def _evict_batch(self) -> None:

@@ -116,21 +116,6 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[first]
 
 
-def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` for a 1-d int array, by one stable sort.
-
-    >>> [a.tolist() for a in unique_inverse(np.array([7, 2, 7, 9]))]
-    [[2, 7, 9], [1, 0, 1, 2]]
-    """
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    first = np.ones(len(ordered), dtype=bool)
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    inverse = np.empty(len(values), dtype=np.int64)
-    inverse[order] = np.cumsum(first) - 1
-    return ordered[first], inverse
-
-
 def top_positive(signal: np.ndarray, k: int) -> np.ndarray:
     """Rows of the (at most) k largest strictly positive entries of a dense signal, unordered.
 

@@ -7,6 +7,7 @@ and never hashed, so two ids can never share a row silently.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import numpy as np
@@ -49,12 +50,20 @@ class Vocab:
 
     def lookup(self, keys: Iterable[str]) -> np.ndarray:
         """Rows of many keys at once (-1 for unknown ones)."""
-        index = self._index
-        return np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64)
+        return np.fromiter(map(self._index.get, keys, itertools.repeat(-1)), dtype=np.int64)
 
     def id_of(self, row: int) -> str:
         """The external id stored at `row`."""
         return self._ids[row]
+
+    def ids_of(self, rows: np.ndarray) -> list[str]:
+        """The external ids of many rows at once.
+
+        >>> Vocab(["a", "b", "c"]).ids_of(np.array([2, 0]))
+        ['c', 'a']
+        """
+        ids = self._ids
+        return [ids[r] for r in rows.tolist()]
 
     def ids(self) -> list[str]:
         """All ids in row order (a copy)."""

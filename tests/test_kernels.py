@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.kernels import bpr_steps, pool_histories, scale_columns, sparse_at, sparse_row_sum, splitmix_rows
+from models.kernels import (_sort_rows, bpr_steps, pool_histories, scale_columns, sparse_at, sparse_row_sum, splitmix_rows,
+                            sum_by_row)
 
 MASK = (1 << 64) - 1
 
@@ -94,3 +95,22 @@ def test_scale_columns_is_min_max_scaling_per_column_with_flat_and_infinite_colu
             [(4 - 2) / 2, 0.0, np.nan, 0.0, 0.0],   # finite min, infinite max: inf / inf
             [(3 - 2) / 2, 0.0, 0.0, 0.0, 0.0]]
     assert np.array_equal(m, np.array(want), equal_nan=True)
+
+
+def test_sum_by_row_equals_unique_then_bincount_bit_for_bit():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        rows = rng.integers(0, 20, rng.integers(0, 40))
+        weights = rng.random(len(rows)) * 10.0 ** rng.integers(-8, 8, len(rows))
+        got_rows, got_sums = sum_by_row(rows, weights)
+        want_rows, inverse = np.unique(rows, return_inverse=True)
+        want_sums = np.bincount(inverse, weights=weights, minlength=len(want_rows))
+        assert got_rows.tolist() == want_rows.tolist() and got_sums.tolist() == want_sums.tolist()
+
+
+def test_sort_rows_equals_np_sort_on_both_sides_of_the_radix_threshold():
+    rng = np.random.default_rng(8)
+    for n in (0, 1, 255, 256, 2000):
+        for high in (5, 2048, 3_000_000):
+            rows = rng.integers(0, high, n).astype(np.int64)
+            assert _sort_rows(rows).tolist() == np.sort(rows).tolist()
