@@ -132,6 +132,25 @@ class ItemIndex:
                     len(x), time.perf_counter() - began)
         return self
 
+    def add(self, vectors, rows) -> "ItemIndex":
+        """Append `vectors` (n, d) labelled by `rows` to the built index (an approximate index
+        keeps the lists or graph it was built with). A row added again is found under its
+        newest and older vectors alike; `build` again to drop the old ones.
+
+        >>> index = ItemIndex().build([[1.0, 0.0]], rows=[5]).add([[0.0, 1.0]], rows=[9])
+        >>> index.search([0.2, 1.0], k=2)[0].tolist(), len(index)
+        ([9, 5], 2)
+        """
+        if self._index is None:
+            return self.build(vectors, rows)
+        x = as_vectors(np.asarray(vectors, dtype=np.float32), self._index.d, "item vectors")
+        labels = np.asarray(rows, dtype=np.int64)
+        if labels.shape != (len(x),):
+            raise IndexInputError("rows", f"{len(x)} item rows, one per vector", f"shape {labels.shape}")
+        self._index.add(x)
+        self._rows = np.concatenate([self._rows, labels])
+        return self
+
     def _new_index(self, x: np.ndarray) -> faiss.Index:
         """An empty (trained) index of the kind that suits a catalogue of len(x) items."""
         n, d = x.shape
