@@ -11,8 +11,9 @@ Each learns exactly what its plain counterpart learns and additionally
 model has a row for by id + context, below them the ones it has none for (introduced after the
 warm-up) in the order of their context (`CatalogueScorer`, `models.slow.below_known`); their
 plain counterparts can rank only the items the slow model knows. `fast-slow+features` is a
-`models.fastslow.FastSlow` given a ``context`` provider, whose slow score per candidate then
-adds `SlowRanker.context_scores` from one lookup of the user and the candidates.
+`models.fastslow.FastSlow` given a ``context`` provider: its fast path (item index, fast
+weights, slow score) then reads the slow model's id + context item vectors
+(`models.item_space`).
 """
 
 from __future__ import annotations

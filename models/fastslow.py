@@ -10,6 +10,8 @@ sees every event before it. A flush:
 - links each item to the user's previous items (co-occurrence, transitions: `StreamStats`);
 - takes BPR steps on each user's fast vector against the slow model's frozen item vectors
   (`FastWeights`; a user's events are applied in order, different users side by side);
+  with a context source and a slow model trained with item context, those are its id +
+  context vectors, which every item the stream has seen has (`models.item_space`);
 - stores each event in the episodic memory under the user's vector (`EpisodicMemory`).
 
 Requests are scored by `models.scorer` and blended by the online-learned `Gate`.
@@ -29,13 +31,14 @@ import numpy as np
 
 from models.base import Recommender
 from models.fast import FastWeights, UserState
-from models.gate import FAST_SIGNALS, Gate, normalise
+from models.gate import FAST_SIGNALS, Gate
 from models.item_index import ItemIndex
+from models.item_space import ContextItems, ItemSpace
 from models.kernels import splitmix_rows, sum_by_row
 from models.memory import EpisodicMemory
 from models.scorer import (VERBS, Scored, Signals, Sparse, candidate_features, reason_for, sorted_unique,
                            top_positive)
-from models.slow import SlowRanker, slow_scores
+from models.slow import SlowRanker
 from models.stream_stats import StreamStats
 from models.vocab import Vocab
 
@@ -168,14 +171,28 @@ class FastSlow(Recommender):
         self._trending_at = 0
         self.clock = 0.0
         self.events = 0
-        self.context = None
-        """Where scoring reads context (``lookup(user_id, item_ids) -> ContextArrays``, e.g. a
-        `features.context.FeatureContext`); used when the slow model was trained with context.
-        A live connection: it is left out of pickles and snapshots (set it again after loading)."""
+        self._context = None
+        self._context_items: ContextItems | None = None   # id + context item vectors (`_item_space`)
         if ranker is not None:
             self.use_ranker(ranker)
 
     # ------------------------------------------------------------------ the slow model
+    @property
+    def context(self):
+        """Where the model reads context (``items(item_ids) -> (numeric, categories)`` and
+        ``user(user_id)``, e.g. a `features.context.FeatureContext`); used when the slow model
+        was trained with context. A live connection: it is left out of pickles and snapshots
+        (set it again after loading).
+
+        With it, the fast path reads the slow model's id + context item vectors (`_item_space`).
+        """
+        return self._context
+
+    @context.setter
+    def context(self, source) -> None:
+        self._context = source
+        self._context_items = None
+
     @property
     def slow_model(self) -> SlowRanker:
         """The slow ranker currently serving."""
@@ -197,6 +214,7 @@ class FastSlow(Recommender):
         self.flush()
         self._ranker = ranker
         self._base_memo = None
+        self._context_items = None
         self._index = index if index is not None else self.index_for(ranker)
         n_slow = len(ranker.items)
         self._slow_rows = np.full(max(1024, self._stats.n_items), -1, dtype=np.int64)
@@ -226,6 +244,39 @@ class FastSlow(Recommender):
         if 0 <= slow_row < len(self._fast_rows):
             self._slow_rows[row] = slow_row
             self._fast_rows[slow_row] = row
+
+    def _reads_context(self) -> bool:
+        return self._context is not None and self._ranker.uses_context
+
+    def _item_space(self, touched: np.ndarray | None = None) -> ItemSpace:
+        """The item vectors the fast path reads now (`models.item_space`).
+
+        Without context (no source, or a slow model that reads none): the slow model's id
+        vectors and its item index. With it: id + context vectors of every stream item, read
+        from the context source for items new since the last call and for `touched` item rows
+        (the items of the events being applied: a change of their context is picked up then).
+        """
+        if not self._reads_context():
+            ranker = self._ranker
+            return ItemSpace(self._slow_rows, self._fast_rows, ranker.item_vectors, ranker.item_biases,
+                             self._index, len(ranker.items))
+        if self._context_items is None:
+            self._context_items = ContextItems(self._ranker)
+        table = self._context_items
+        rows = np.arange(table.n, self._stats.n_items, dtype=np.int64)
+        if touched is not None:
+            rows = sorted_unique(np.concatenate([touched[touched < table.n], rows]))
+        if len(rows):
+            numeric, categories = self._context.items(self._stats.items.ids_of(rows))
+            table.update(rows, self._slow_rows[rows], numeric, categories)
+        return table.space()
+
+    def _user_context(self, user_id: str, base: np.ndarray) -> np.ndarray:
+        """The slow user vector with the user's context part (the id-only `base` when the
+        model reads no user features or there is no context source)."""
+        if not self._reads_context() or not self._ranker.context.get("user"):
+            return base
+        return self._ranker.context_user_vector(base, self._context.user(user_id))
 
     def _slow_user(self, user_id: str) -> int:
         """The user's row in the slow model; -1 for users it never saw and for forgotten users,
@@ -316,22 +367,23 @@ class FastSlow(Recommender):
         else:
             base = ranker.user_vectors_rows(np.array([self._slow_user(u) for u in users]),
                                             [self._slow_rows[h] for h in histories])
-        slow_rows = self._slow_rows[rows]
-        learnable = slow_rows >= 0
+        space = self._item_space(touched=rows)
+        vector_rows = space.rows[rows]
+        learnable = vector_rows >= 0
         negs = np.zeros((len(queue), self.negatives), dtype=np.int64)
-        if learnable.any() and len(ranker.items):
+        if learnable.any() and space.count:
             on = np.flatnonzero(learnable)
             negs[on] = draw_rows(event_seeds([users[n] for n in on], [items[n] for n in on], times[on]),
-                                 self.negatives, len(ranker.items))
+                                 self.negatives, space.count)
         keys = base.copy()
         for wave in self._waves(queue):
             wave = np.asarray(wave)
             on, off = wave[learnable[wave]], wave[~learnable[wave]]
             if len(on):
-                pos = slow_rows[on]
+                pos = vector_rows[on]
                 keys[on] += self._fast.learn_batch([users[n] for n in on], times[on], base[on],
-                                                   ranker.item_vectors[pos], ranker.item_biases[pos],
-                                                   ranker.item_vectors[negs[on]], ranker.item_biases[negs[on]])
+                                                   space.vectors[pos], space.biases[pos],
+                                                   space.vectors[negs[on]], space.biases[negs[on]])
             for n in off.tolist():
                 self._fast.touch(users[n], times[n])
                 keys[n] += self._fast.vector(users[n], times[n])
@@ -404,12 +456,14 @@ class FastSlow(Recommender):
                        Sparse(*stats.transition_scores(recent)),
                        lambda rows: stats.recent_popularity(self.clock, rows), memory, strength)
 
-    def _candidates(self, sig: Signals) -> np.ndarray:
+    def _candidates(self, sig: Signals, space: ItemSpace, user: np.ndarray) -> np.ndarray:
+        """Candidate item rows; `user` is the slow user vector the item index is searched with
+        (plus the fast vector)."""
         parts = [sig.cooc.top(self.signal_candidates), sig.trans.top(self.signal_candidates),
                  sig.memory.rows, self._trending()]
-        if len(self._index):
-            slow_rows, _ = self._index.search(sig.base + sig.fast_vec, self.ann_candidates)
-            rows = self._fast_rows[slow_rows]
+        if len(space.index):
+            vector_rows, _ = space.index.search(user + sig.fast_vec, self.ann_candidates)
+            rows = space.items[vector_rows]
             parts.append(rows[rows >= 0])
         return sorted_unique(np.concatenate(parts).astype(np.int64))
 
@@ -442,26 +496,20 @@ class FastSlow(Recommender):
         """Score this user's candidates (items in `exclude` left out)."""
         self.flush()
         sig = self._signals(user_id)
-        rows = self._candidates(sig)
+        space = self._item_space()
+        user = self._user_context(user_id, sig.base)
+        rows = self._candidates(sig, space, user)
         if exclude:
             # a mask over the catalogue; its extra last slot takes the -1 of ids never seen
             excluded = np.zeros(self._stats.n_items + 1, dtype=bool)
             excluded[self._stats.items.lookup(exclude)] = True
             rows = rows[~excluded[rows]]
-        slow, fast = candidate_features(rows, sig, self._slow_rows, self._ranker.item_vectors,
-                                        self._ranker.item_biases)
-        if len(rows) and self.context is not None and self._ranker.uses_context:
-            slow = self._context_slow(user_id, rows, sig)
+        # with context, items the slow model has no id row for rank below those it has (below_known)
+        slow, fast = candidate_features(rows, sig, space.rows, space.vectors, space.biases, user,
+                                        known=self._slow_rows[rows] >= 0 if self._reads_context() else None)
         request = self._request(user_id, sig)
         g, fast_score, blended = self._gate.parts(slow, fast, request)
         return Scored(user_id, rows, slow, fast, request, g, fast_score, blended)
-
-    def _context_slow(self, user_id: str, rows: np.ndarray, sig: Signals) -> np.ndarray:
-        """Normalised slow scores with the user's and the candidates' context (one lookup): the
-        id part plus `SlowRanker.context_scores`; items the slow model has no row for stay at
-        the bottom of the slow ranking, ordered among themselves by their context."""
-        context = self.context.lookup(user_id, [self._stats.items.id_of(int(r)) for r in rows])
-        return normalise(slow_scores(self._ranker, sig.base, self._slow_rows[rows], context))
 
     def recommend(self, user_id, k, exclude=()) -> list[str]:
         """The top k for the user; the list is remembered so the user's next event teaches the gate."""
@@ -602,14 +650,17 @@ class FastSlow(Recommender):
         """Pickle the model as if every queued event had been applied."""
         self.flush()
         state = self.__dict__.copy()
-        state["context"] = None
+        state["_context"] = None
+        state["_context_items"] = None
         state["_base_memo"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state.pop("context", None)   # pickles from before `context` was a property
         self.__dict__.update(state)
-        self.__dict__.setdefault("context", None)
-        self.__dict__.setdefault("_base_memo", None)
+        for name in ("_context", "_context_items", "_base_memo"):
+            self.__dict__.setdefault(name, None)
 
 
 def fast_slow(seed: int = 0) -> FastSlow:

@@ -17,6 +17,7 @@ import numpy as np
 
 from models.gate import FAST_SIGNALS, normalise, normalise_columns
 from models.kernels import sparse_at
+from models.slow import below_known
 
 _COLUMN = {name: c for c, name in enumerate(FAST_SIGNALS)}
 
@@ -126,19 +127,30 @@ def top_positive(signal: np.ndarray, k: int) -> np.ndarray:
     return Sparse(nz, signal[nz]).top(k)
 
 
-def candidate_features(rows: np.ndarray, sig: Signals, slow_rows: np.ndarray, item_vectors: np.ndarray,
-                       item_biases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised slow score, normalised fast signals (n, len(FAST_SIGNALS))) for candidates."""
-    srows = slow_rows[rows]
-    known = srows >= 0
-    vectors = item_vectors[srows[known]]
+def candidate_features(rows: np.ndarray, sig: Signals, vector_rows: np.ndarray, item_vectors: np.ndarray,
+                       item_biases: np.ndarray, user: np.ndarray | None = None,
+                       known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised slow score, normalised fast signals (n, len(FAST_SIGNALS))) for candidates.
+
+    ``vector_rows`` maps item rows to rows of ``item_vectors``/``item_biases`` (-1: none); the
+    slow score is ``item_vectors @ user + item_biases`` (``user`` defaults to ``sig.base``),
+    the ``fast_weights`` signal ``item_vectors @ sig.fast_vec``. Candidates without a vector
+    sit at the bottom of the slow ranking. ``known`` (per candidate, optional): candidates
+    whose vector has no id part (context only) rank below those with one, in their own order
+    (`models.slow.below_known`).
+    """
+    vrows = vector_rows[rows]
+    has = vrows >= 0
+    vectors = item_vectors[vrows[has]]
     slow_raw = np.empty(len(rows))
-    slow_raw[known] = vectors @ sig.base + item_biases[srows[known]]
-    # an item the slow model never saw sits at the bottom of the slow ranking
-    slow_raw[~known] = slow_raw[known].min() if known.any() else 0.0
+    slow_raw[has] = vectors @ (sig.base if user is None else user) + item_biases[vrows[has]]
+    if known is not None:
+        slow_raw[has] = below_known(slow_raw[has], known[has])
+    # an item with no vector (the slow model never saw it) sits at the bottom of the slow ranking
+    slow_raw[~has] = slow_raw[has].min() if has.any() else 0.0
     # raw signals straight into their columns, then every column normalised in one pass
     fast = np.zeros((len(rows), len(FAST_SIGNALS)))
-    fast[known, _COLUMN["fast_weights"]] = vectors @ sig.fast_vec
+    fast[has, _COLUMN["fast_weights"]] = vectors @ sig.fast_vec
     sig.cooc.at(rows, out=fast[:, _COLUMN["cooccurrence"]])
     sig.trans.at(rows, out=fast[:, _COLUMN["transition"]])
     sig.memory.at(rows, out=fast[:, _COLUMN["memory"]])

@@ -11,9 +11,10 @@ item tower (`models.slow_net`). Training reads them per example (`Examples.user_
 ``item_context``, ``item_category``: each event's features as of just before it); sampled
 negatives read the item context table set with `set_item_table`, as of the time of the
 examples they are scored against (`models.slow_context`). Scoring keeps the id part as it
-was (`user_vector_rows`, `item_vectors`, `item_biases`: the item index and the fast path use
-those) and adds `context_scores`, one additive term per candidate; an item the model has no
-row for is scored by its context alone. A row of zeros and category bucket 0 mean "every
+was (`user_vector_rows`, `item_vectors`, `item_biases`) and adds `context_scores`, one
+additive term per candidate; an item the model has no row for is scored by its context
+alone. `context_item_vectors` folds the context part into per-item vectors and biases (what
+FastSlow's fast path reads with context, `models.item_space`). A row of zeros and category bucket 0 mean "every
 feature missing", which is what examples without context are given.
 """
 
