@@ -209,12 +209,12 @@ class FastSlow(Recommender):
 
         `keep_fast` scales every fast vector (0.0 after a consolidation that absorbed them,
         so what the slow model learned is not counted twice). `index` is `index_for(ranker)`
-        when the caller built it already.
+        when the caller built it already. With context, the items' id + context vectors are
+        recomputed for `ranker` from the context already read (`ContextItems.rebased`).
         """
         self.flush()
         self._ranker = ranker
         self._base_memo = None
-        self._context_items = None
         self._index = index if index is not None else self.index_for(ranker)
         n_slow = len(ranker.items)
         self._slow_rows = np.full(max(1024, self._stats.n_items), -1, dtype=np.int64)
@@ -223,6 +223,10 @@ class FastSlow(Recommender):
         self._fast_rows = np.full(n_slow, -1, dtype=np.int64)
         known = np.flatnonzero(self._slow_rows >= 0)
         self._fast_rows[self._slow_rows[known]] = known
+        # the items' context stays as read; their vectors are the new model's (same spec) or rebuilt
+        table = self._context_items
+        same_spec = table is not None and table.ranker.context == ranker.context
+        self._context_items = table.rebased(ranker, self._slow_rows) if same_spec and self._reads_context() else None
         if keep_fast != 1.0:
             self._fast.scale_all(keep_fast)
         self._memory.rekey(self._memory_keys, train_vectors=ranker.item_vectors)

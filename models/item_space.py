@@ -101,6 +101,15 @@ class ContextItems:
         else:
             self._index.add(self._vectors[rows], rows)
 
+    def rebased(self, ranker, slow_rows: np.ndarray) -> ContextItems:
+        """The same items with the same context under another slow model reading the same
+        context spec (a promoted champion), with `slow_rows` its rows of the stream items; the
+        context is not read again."""
+        out = ContextItems(ranker)
+        rows = np.arange(self.n, dtype=np.int64)
+        out.update(rows, np.asarray(slow_rows, np.int64)[rows], self._numeric[: self.n], self._categories[: self.n])
+        return out
+
     def _grow(self, n: int) -> None:
         if n <= len(self._slow):
             return

@@ -30,8 +30,10 @@ class Catalogue:
 
     def __init__(self, attributes: dict[str, tuple[list[float], int]]) -> None:
         self.attributes = dict(attributes)
+        self.reads = 0
 
     def items(self, item_ids):
+        self.reads += len(item_ids)
         rows = [self.attributes.get(i, ([0.0, 0.0, 0.0], 0)) for i in item_ids]
         return (np.array([r[0] for r in rows], np.float32).reshape(len(rows), 3),
                 np.array([r[1] for r in rows], np.int64))
@@ -133,9 +135,14 @@ def test_without_a_context_source_the_fast_path_reads_the_id_vectors(ranker):
 def test_context_vectors_follow_a_changed_attribute_a_new_model_and_never_travel(ranker):
     catalogue = Catalogue(ATTRIBUTES)
     model = _model(ranker, catalogue)
+    model.score("a")                                         # every item's vector computed
     row = model._stats.items.get("z")
+    before = model._item_space().vectors[row].copy()
     catalogue.attributes["z"] = ([0.9, 0.4, 1.0], 3)      # z's category arrived late
+    model.score("a")
+    assert np.array_equal(model._item_space().vectors[row], before)   # not read per request
     model.learn_one("c", "z", 10.0)                          # the event on z reads it again
+    model.flush()
     space = model._item_space()
     expected = model.slow_model.context_item_vectors(model.slow_model.items.lookup(["z"]), *catalogue.items(["z"]))
     assert np.array_equal(space.vectors[row], expected[0][0]) and space.biases[row] == expected[1][0]
@@ -143,10 +150,12 @@ def test_context_vectors_follow_a_changed_attribute_a_new_model_and_never_travel
     promoted = ranker.clone()
     promoted.net.category.weight.data += 0.5
     promoted.refresh()
+    reads = catalogue.reads
     model.use_ranker(promoted)
+    space = model._item_space()
+    assert catalogue.reads == reads        # a new champion: same context, new vectors, nothing re-read
     ids = model._stats.items.ids()
     vectors, biases = promoted.context_item_vectors(promoted.items.lookup(ids), *catalogue.items(ids))
-    space = model._item_space()
     assert np.array_equal(space.vectors, vectors) and np.array_equal(space.biases, biases)
 
     copy = pickle.loads(pickle.dumps(model))
