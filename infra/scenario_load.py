@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", choices=("log", "uniform"), default="log",
                         help="item draw: the synthetic log's popularity (default) or uniform (worst case)")
+    parser.add_argument("--drain-seconds", type=float, default=120.0,
+                        help="how long the worker may take to catch up after the load (default 120)")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -424,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("kafka", "httpx", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = load(args.data_dir, seconds=args.seconds, rate=args.rate, recommend_rate=args.recommend_rate,
-                  users=args.users, items=args.items)
+                  users=args.users, items=args.items, drain_s=args.drain_seconds)
     print(json.dumps(result.as_dict()))
 
 

@@ -82,7 +82,7 @@ from streaming.decode import decode_batch, now_ms
 from streaming.dlq import DeadLetterQueue
 from streaming.events import MAX_FUTURE_SKEW
 from streaming.holdings import Holding, Holdings
-from streaming.kafka import TOPIC_DLQ, TOPIC_INTERACTIONS, make_consumer, make_producer
+from streaming.kafka import TOPIC_DLQ, TOPIC_INTERACTIONS, FetchWait, make_consumer, make_producer
 from streaming.ratelimit import RateLimit, rate_limited_error
 from streaming.snapshots import SnapshotStore, check_worker_id, snapshot_dir
 from streaming.worker_stats import BatchReport, WorkerStats
@@ -94,7 +94,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_GROUP = "fastslow-workers"
 FETCH_MAX_WAIT_MS = 10
 """How long the broker may hold a fetch waiting for data: kafka-python's 500 ms default adds
-~250 ms to every produce-to-learn delay on an idle stream (measured on Tansu), 10 ms ~5 ms."""
+~250 ms to every produce-to-learn delay on an idle stream (measured on Tansu), 10 ms ~5 ms.
+Raised while the broker answers empty although data waits (`streaming.kafka.FetchWait`)."""
 
 
 class Worker:
@@ -160,6 +161,7 @@ class Worker:
                                  worker_id=worker_id, dedup_window=dedup_window)
         self._stop = threading.Event()
         self._consumer = self._producer = self._dlq = self._lockfile = self._writer = None
+        self._fetch_wait: FetchWait | None = None
         self._since_flush = self._since_snapshot = 0
         self._flushed_at = self._snapshot_at = time.monotonic()
         self._committed: dict[int, int] = {}
@@ -184,6 +186,7 @@ class Worker:
                        **self.consumer_options}
             self._consumer = make_consumer(self.bootstrap, self.group_id, **options)
             self._consumer.subscribe([self.topic], listener=_listener(self))
+            self._fetch_wait = FetchWait(self._consumer)
         except BaseException:
             self._close_clients()
             raise
@@ -237,6 +240,12 @@ class Worker:
             if self.on_batch is not None:
                 self.on_batch(report)
         self._update_lag()
+        raised = self._fetch_wait.after_poll(count, behind=any(self.stats.lag.values()))
+        if raised is not None:
+            self.stats.fetch_max_wait_ms = raised
+            logger.warning("worker %s: the broker answered nothing although partitions are behind (lag %s); "
+                           "fetch max wait raised to %d ms (Tansu's memory:// store needs longer to read long "
+                           "partitions)", self.worker_id, self.stats.lag, raised)
         self._commit_written(wait=False)
         self._since_flush += count
         self._since_snapshot += count

@@ -65,6 +65,8 @@ class WorkerStats:
     last_apply_latency_ms: float | None = None
     """Milliseconds from the Kafka timestamp of the last record applied to the end of its batch."""
     last_snapshot_seconds: float | None = None
+    fetch_max_wait_ms: int | None = None
+    """The fetch max wait once raised (`streaming.kafka.FetchWait`); None while at its start value."""
     started_at: float = field(default_factory=time.time)
 
     def record_batch(self, report: BatchReport, last_record_timestamp_ms: int | None) -> None:
@@ -91,5 +93,5 @@ class WorkerStats:
                 "commits": self.commits, "snapshots": self.snapshots, "assigned": list(self.assigned),
                 "lag": {str(p): n for p, n in sorted(self.lag.items())}, "total_lag": self.total_lag,
                 "last_apply_seconds": self.last_apply_seconds, "last_apply_latency_ms": self.last_apply_latency_ms,
-                "last_snapshot_seconds": self.last_snapshot_seconds,
+                "last_snapshot_seconds": self.last_snapshot_seconds, "fetch_max_wait_ms": self.fetch_max_wait_ms,
                 "uptime_seconds": round(time.time() - self.started_at, 3)}
