@@ -38,7 +38,7 @@ from models.kernels import splitmix_rows, sum_by_row
 from models.memory import EpisodicMemory
 from models.scorer import (VERBS, Scored, Signals, Sparse, candidate_features, reason_for, sorted_unique,
                            top_positive)
-from models.slow import SlowRanker
+from models.slow import SlowRanker, context_dims
 from models.stream_stats import StreamStats
 from models.vocab import Vocab
 
@@ -226,7 +226,7 @@ class FastSlow(Recommender):
         # the items' context stays as read; their vectors are the new model's (same spec) or rebuilt
         table = self._context_items
         same_spec = table is not None and table.ranker.context == ranker.context
-        self._context_items = table.rebased(ranker, self._slow_rows) if same_spec and self._reads_context() else None
+        self._context_items = table.rebased(ranker, self._slow_rows) if same_spec and self._reads_item_context() else None
         if keep_fast != 1.0:
             self._fast.scale_all(keep_fast)
         self._memory.rekey(self._memory_keys, train_vectors=ranker.item_vectors)
@@ -249,18 +249,20 @@ class FastSlow(Recommender):
             self._slow_rows[row] = slow_row
             self._fast_rows[slow_row] = row
 
-    def _reads_context(self) -> bool:
-        return self._context is not None and self._ranker.uses_context
+    def _reads_item_context(self) -> bool:
+        """Whether there is a context source and the slow model reads item context (a model
+        with user features only keeps the id item vectors)."""
+        return self._context is not None and any(context_dims(self._ranker.context)[1:])
 
     def _item_space(self, touched: np.ndarray | None = None) -> ItemSpace:
         """The item vectors the fast path reads now (`models.item_space`).
 
-        Without context (no source, or a slow model that reads none): the slow model's id
-        vectors and its item index. With it: id + context vectors of every stream item, read
+        Without item context (no source, or a slow model that reads none): the slow model's
+        id vectors and its item index. With it: id + context vectors of every stream item, read
         from the context source for items new since the last call and for `touched` item rows
         (the items of the events being applied: a change of their context is picked up then).
         """
-        if not self._reads_context():
+        if not self._reads_item_context():
             ranker = self._ranker
             return ItemSpace(self._slow_rows, self._fast_rows, ranker.item_vectors, ranker.item_biases,
                              self._index, len(ranker.items))
@@ -278,7 +280,7 @@ class FastSlow(Recommender):
     def _user_context(self, user_id: str, base: np.ndarray) -> np.ndarray:
         """The slow user vector with the user's context part (the id-only `base` when the
         model reads no user features or there is no context source)."""
-        if not self._reads_context() or not self._ranker.context.get("user"):
+        if self._context is None or not context_dims(self._ranker.context)[0]:
             return base
         return self._ranker.context_user_vector(base, self._context.user(user_id))
 
@@ -510,7 +512,7 @@ class FastSlow(Recommender):
             rows = rows[~excluded[rows]]
         # with context, items the slow model has no id row for rank below those it has (below_known)
         slow, fast = candidate_features(rows, sig, space.rows, space.vectors, space.biases, user,
-                                        known=self._slow_rows[rows] >= 0 if self._reads_context() else None)
+                                        known=self._slow_rows[rows] >= 0 if self._reads_item_context() else None)
         request = self._request(user_id, sig)
         g, fast_score, blended = self._gate.parts(slow, fast, request)
         return Scored(user_id, rows, slow, fast, request, g, fast_score, blended)

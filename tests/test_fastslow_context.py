@@ -175,3 +175,18 @@ def test_context_items_rebuild_their_index_when_it_has_doubled(ranker):
                                              np.r_[numeric[:1], numeric[1:] + 1.0, numeric[:1]],
                                              np.r_[categories, categories[:1]])
     assert np.array_equal(space.vectors, vectors)
+
+
+def test_a_model_with_user_context_only_keeps_the_id_vectors_and_adds_the_user_part():
+    ranker = SlowRanker(dim=8, epochs=3, batch_size=8, seed=0, context={"user": SPEC["user"], "item": [], "categories": 0})
+    users, items = ["a", "a", "b", "b", "c"] * 6, ["x", "y", "x", "z", "y"] * 6
+    ranker.fit(ranker.build_examples(users, items).with_context(np.tile(USER, (30, 1)), np.zeros((30, 0)), np.zeros(30)))
+    model = _model(ranker, Catalogue(ATTRIBUTES))
+    scored = model.score("a", exclude=["x"])
+    ids = model._stats.items.ids_of(scored.rows)
+    rows = model.slow_model.items.lookup(ids)
+    known = rows >= 0
+    base, _ = model._user_vector("a")
+    full = slow_scores(model.slow_model, base, rows, Catalogue(ATTRIBUTES).context(ids))
+    assert scored.slow[known] == pytest.approx(normalise(full[known]), abs=1e-5)
+    assert model._item_space().vectors is model.slow_model.item_vectors
