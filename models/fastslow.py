@@ -190,6 +190,8 @@ class FastSlow(Recommender):
 
     @context.setter
     def context(self, source) -> None:
+        if source is self._context:   # the same source: what was read from it still holds
+            return
         self._context = source
         self._context_items = None
 

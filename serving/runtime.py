@@ -309,7 +309,13 @@ class Runtime:
             return
         from features.context import FeatureContext
 
-        model.context = FeatureContext(self.features, ranker.context)
+        current = model.context
+        if isinstance(current, FeatureContext) and current.client is self.features:
+            # same store: keep the object (and the item vectors the model computed from what it
+            # read) when the new slow model reads the same spec; `with_spec` returns self then
+            model.context = current.with_spec(ranker.context)
+        else:
+            model.context = FeatureContext(self.features, ranker.context)
 
     # -- the champion watcher --------------------------------------------------------------
 

@@ -154,6 +154,9 @@ def test_context_vectors_follow_a_changed_attribute_a_new_model_and_never_travel
     model.use_ranker(promoted)
     space = model._item_space()
     assert catalogue.reads == reads        # a new champion: same context, new vectors, nothing re-read
+    model.context = catalogue              # serving sets the same source again after a promotion
+    model._item_space()
+    assert catalogue.reads == reads
     ids = model._stats.items.ids()
     vectors, biases = promoted.context_item_vectors(promoted.items.lookup(ids), *catalogue.items(ids))
     assert np.array_equal(space.vectors, vectors) and np.array_equal(space.biases, biases)
