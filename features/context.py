@@ -213,6 +213,7 @@ class FeatureContext:
         self.cache = cache
         self.missing: Counter[str] = Counter({v: 0 for v in (*USER_VIEWS, *ITEM_VIEWS)})
         self.lookups = 0
+        """Online reads made: one per user read and one per batch of items read (cached answers are not reads)."""
         self._cache = _Cache()
         if cache:
             client.on_write(self._cache.drop)
@@ -230,7 +231,6 @@ class FeatureContext:
 
     def lookup(self, user_id: str, item_ids: Sequence[str]) -> ContextArrays:
         """Context of `user_id` and of `item_ids` (in that order): one online read per view."""
-        self.lookups += 1
         items, categories = self.items(item_ids)
         return ContextArrays(self.user(user_id), items, categories)
 
@@ -238,6 +238,7 @@ class FeatureContext:
         """(n_user,) context of one user."""
         hit = self._cache.users.get(user_id) if self.cache else None
         if hit is None:
+            self.lookups += 1
             context = self.client.lookup(user_id, [])
             values = {k: np.array([v], dtype=object if isinstance(v, str) else None)
                       for k, v in context.user.items()}
@@ -270,6 +271,7 @@ class FeatureContext:
         return numeric, categories
 
     def _read_items(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        self.lookups += 1
         values, found = self.client.lookup_items(item_ids)
         numeric, categories = encode_items(self.spec, values)
         return numeric, categories, {v: found[v] for v in ITEM_VIEWS}

@@ -200,6 +200,13 @@ def test_cached_answers_equal_fresh_ones_after_more_pushes(repo):
             assert np.array_equal(table.arrays()[0], b.items)
         seen.append(fresh.lookup("cy", ["p", "q"]))
     assert not np.array_equal(seen[1].user, seen[2].user)   # the pushes did change what is read
+    reads = fresh.lookups
+    fresh.lookup("bob", ["p", "q"])
+    assert fresh.lookups == reads + 2                          # one user read, one read of both items
+    reads = cached.lookups
+    cached.lookup("bob", ["p", "q"])
+    cached.items(["q"])
+    assert cached.lookups == reads                             # answered from the cache: no reads
 
 
 @pytest.mark.slow
