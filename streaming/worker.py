@@ -244,8 +244,9 @@ class Worker:
         if raised is not None:
             self.stats.fetch_max_wait_ms = raised
             logger.warning("worker %s: the broker answered nothing although partitions are behind (lag %s); "
-                           "fetch max wait raised to %d ms (Tansu's memory:// store needs longer to read long "
-                           "partitions)", self.worker_id, self.stats.lag, raised)
+                           "fetch max wait raised to %d ms (the broker needs longer to read its partitions, "
+                           "as Tansu's memory:// store does once they are long)", self.worker_id, self.stats.lag,
+                           raised)
         self._commit_written(wait=False)
         self._since_flush += count
         self._since_snapshot += count
