@@ -148,8 +148,11 @@ class FastWeights:
         Shapes: base, pos_vecs (B, dim); pos_biases (B,); neg_vecs (B, n, dim); neg_biases (B, n).
         """
         states = [self._users[u] for u in user_ids]
-        decay = np.array([self._decay(s, t) for s, t in zip(states, timestamps)], dtype=np.float32)
-        f = (np.stack([s.vec for s in states]) * decay[:, None]).astype(np.float32)
+        if len(states) == 1:   # one event (a replay): the same product without stacking
+            f = (states[0].vec * np.float32(self._decay(states[0], timestamps[0])))[None, :]
+        else:
+            decay = np.array([self._decay(s, t) for s, t in zip(states, timestamps)], dtype=np.float32)
+            f = (np.stack([s.vec for s in states]) * decay[:, None]).astype(np.float32)
         bpr_steps(f, np.ascontiguousarray(base, dtype=np.float32), np.ascontiguousarray(pos_vecs, dtype=np.float32),
                   np.asarray(pos_biases, dtype=np.float32), np.ascontiguousarray(neg_vecs, dtype=np.float32),
                   np.asarray(neg_biases, dtype=np.float32), np.float32(self.lr), np.float32(self.l2), self.steps)

@@ -384,8 +384,18 @@ class SlowRanker:
         return self.user_vector_rows(self.users.get(user_id), rows)
 
     def user_vector_rows(self, user_row: int, history_rows: np.ndarray) -> np.ndarray:
-        """The slow user vector from a user row (-1: unknown) and item rows, oldest first (-1 skipped)."""
-        return self.user_vectors_rows(np.array([user_row]), [history_rows])[0]
+        """The slow user vector from a user row (-1: unknown) and item rows, oldest first (-1 skipped).
+
+        `user_vectors_rows` for one user, without its bookkeeping for many (the same arithmetic:
+        one request pays this per event)."""
+        flat = np.asarray(history_rows, dtype=np.int64)
+        pooled = np.zeros((1, self.dim), dtype=np.float32)
+        pool_histories(self._item_in, flat, np.array([len(flat)], dtype=np.int64), self._weights_f32, pooled)
+        vec = pooled @ self._pool_w.T
+        vec += self._pool_b
+        if 0 <= user_row < len(self._user_emb):
+            vec[0] += self._user_emb[user_row]
+        return vec[0]
 
     def user_vectors_rows(self, user_rows: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Many slow user vectors at once: user rows (-1 unknown) and item-row histories, oldest first."""

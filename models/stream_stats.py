@@ -106,7 +106,10 @@ class StreamStats:
 
     def count(self, rows: np.ndarray, timestamps: np.ndarray) -> None:
         """Count interactions with registered item rows at the given times (vectorised)."""
-        np.add.at(self.counts, rows, 1.0)
+        if len(rows) == 1:   # one event (a replay): plain indexing adds the same, without add.at's setup
+            self.counts[rows] += 1.0
+        else:
+            np.add.at(self.counts, rows, 1.0)
         self._inv_sqrt[rows] = 1.0 / np.sqrt(self.counts[rows] + 1.0)   # a repeated row writes one value
         # Decayed counts are stored as of `_pop_time`; an event at t adds 0.5**((_pop_time - t)/H).
         # Re-reference to a newer time at most once per half-life (an exact rescale).
@@ -114,13 +117,23 @@ class StreamStats:
         if self._pop_time == 0.0 or newest - self._pop_time > half_life:
             self._pop *= math.pow(0.5, max(newest - self._pop_time, 0.0) / half_life)
             self._pop_time = newest
-        np.add.at(self._pop, rows, np.power(0.5, (self._pop_time - timestamps) / half_life))
+        added = np.power(0.5, (self._pop_time - timestamps) / half_life)
+        if len(rows) == 1:
+            self._pop[rows] += added
+        else:
+            np.add.at(self._pop, rows, added)
 
     def link(self, histories: Sequence[np.ndarray], rows: Sequence[int]) -> None:
         """Learn that each item row followed its history (the user's previous rows, oldest first)."""
         rows = np.asarray(rows, dtype=np.int64)
+        single = np.asarray(histories[0], dtype=np.int64) if len(histories) == 1 else None
         for matrix, width, decay in ((self.cooccurrence, self.window, self.decay),
                                      (self.transitions, self.transition_window, self.transition_decay)):
+            if single is not None:   # one event (a replay): its weights are the shared decay**distance
+                src = single[-width:] if width else single[:0]
+                if len(src):
+                    matrix.add_pairs(src, np.full(len(src), rows[0]), _shared_pair_weights(len(src), decay))
+                continue
             src, owner, distance = tails(histories, width)
             if len(src):
                 matrix.add_pairs(src, rows[owner], np.power(decay, distance.astype(np.float64)))

@@ -167,3 +167,45 @@ def test_gate_step_follows_the_gradient_of_its_loss():
     assert gate.w == pytest.approx(w - 0.01 * d_w, abs=1e-8)
     assert gate.v == pytest.approx(v - 0.01 * d_v, abs=1e-8)
     assert Gate().value(np.concatenate([[1.0], np.zeros(len(REQUEST_FEATURES))])) == pytest.approx(0.8)
+
+
+def test_one_event_paths_equal_the_batch_paths_bit_for_bit(world):
+    """A replay applies one event per flush; the shortcuts it takes (slow user vector, BPR step,
+    counts, links) give exactly what the batch code gives for the same event."""
+    from models.fast import FastWeights
+    from models.stream_stats import StreamStats
+
+    _, _, ranker = world
+    history = np.array([3, -1, 7, 2, 9, 4], dtype=np.int64)
+    for user_row in (-1, 0, 5, len(ranker.users) + 10):
+        one = ranker.user_vector_rows(user_row, history)
+        batch = ranker.user_vectors_rows(np.array([user_row]), [history])[0]   # (a batch of 2 multiplies differently)
+        assert one.tobytes() == batch.tobytes()
+
+    rng = np.random.default_rng(0)
+    args = (rng.standard_normal((1, 8)).astype(np.float32), rng.standard_normal((1, 8)).astype(np.float32),
+            np.array([0.1], np.float32), rng.standard_normal((1, 3, 8)).astype(np.float32),
+            np.array([[0.2, -0.1, 0.0]], np.float32))
+    single, pair = FastWeights(dim=8, half_life=50.0), FastWeights(dim=8, half_life=50.0)
+    for fw in (single, pair):
+        fw.remember("u", 1, 0.0)
+        fw.get("u").vec[:] = rng.standard_normal(8).astype(np.float32) if fw is single else single.get("u").vec
+    pair.remember("v", 2, 0.0)
+    out_one = single.learn_batch(["u"], np.array([30.0]), *args)
+    out_two = pair.learn_batch(["u", "v"], np.array([30.0, 30.0]), *(np.concatenate([a, a]) for a in args))
+    assert out_one[0].tobytes() == out_two[0].tobytes()
+
+    a, b = StreamStats(), StreamStats()
+    for st in (a, b):
+        for item in "abcdefgh":
+            st.register(item)
+    hist = [np.array([0, 1, 2, 3], dtype=np.int64)]
+    for n, t in enumerate([10.0, 500.0, 90_000.0]):
+        a.count(np.array([n + 4]), np.array([t]))
+        a.link(hist, [n + 4])
+        b.count(np.array([n + 4, 7]), np.array([t, t]))   # a second event on an untouched row
+        b.link(hist + [np.zeros(0, np.int64)], [n + 4, 7])
+    assert a.counts[:7].tobytes() == b.counts[:7].tobytes() and a._pop[:7].tobytes() == b._pop[:7].tobytes()
+    for m in ("cooccurrence", "transitions"):
+        for h in range(8):
+            assert getattr(a, m).scores([h], n=8)[:7].tobytes() == getattr(b, m).scores([h], n=8)[:7].tobytes()
