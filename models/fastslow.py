@@ -473,7 +473,7 @@ class FastSlow(Recommender):
             vector_rows, _ = space.index.search(user + sig.fast_vec, self.ann_candidates)
             rows = space.items[vector_rows]
             parts.append(rows[rows >= 0])
-        return sorted_unique(np.concatenate(parts).astype(np.int64))
+        return sorted_unique(np.concatenate(parts).astype(np.int64, copy=False))
 
     def _trending(self) -> np.ndarray:
         """The most popular items right now, recomputed at most every 100 events (it moves slowly)."""
@@ -489,6 +489,7 @@ class FastSlow(Recommender):
         events, idle = (state.events, max(self.clock - state.updated, 0.0)) if state is not None else (0, 0.0)
         logs = np.log1p(np.array([events, idle, sig.cooc.strength, sig.trans.strength, sig.mem_strength]))
         logs /= _REQUEST_LOG_SCALE
+        logs = logs.tolist()   # Python floats: building the array from them is cheaper than from numpy scalars
         return np.array([
             1.0,
             logs[0] if state is not None else 0.0,

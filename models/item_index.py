@@ -179,15 +179,17 @@ class ItemIndex:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         q = as_vectors(np.asarray(query, dtype=np.float32).reshape(1, -1), self._index.d, "query")
         self._sync_params()
-        excluded = np.fromiter(exclude_rows or (), dtype=np.int64)
-        fetch = min(len(self._rows), int(k) + len(excluded))
+        excluded = np.fromiter(exclude_rows, dtype=np.int64) if exclude_rows else None
+        fetch = min(len(self._rows), int(k) + (len(excluded) if excluded is not None else 0))
         if fetch == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         scores, positions = self._index.search(q, fetch)
         scores, positions = scores[0], positions[0]
-        found = positions >= 0
-        rows, scores = self._rows[positions[found]], scores[found]
-        if len(excluded):
+        if positions[-1] < 0:   # faiss pads missing results with -1 at the end
+            found = positions >= 0
+            positions, scores = positions[found], scores[found]
+        rows = self._rows[positions]
+        if excluded is not None:
             keep = ~np.isin(rows, excluded)
             rows, scores = rows[keep], scores[keep]
         return rows[:k], scores[:k]
