@@ -87,7 +87,12 @@ def draw_rows(seeds: np.ndarray, count: int, n: int) -> np.ndarray:
 def _unit(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), as float32."""
     norms = np.sqrt(np.add.reduce(vectors * vectors, axis=1, keepdims=True))   # np.linalg.norm's own sum
-    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+    if len(vectors) == 1:   # one row (every request and one-event flush): a scalar test, no masks
+        if not norms[0, 0] > 0:
+            norms[0, 0] = 1.0
+    else:
+        norms[~(norms > 0)] = 1.0
+    return (vectors / norms).astype(np.float32, copy=False)
 
 
 class FastSlow(Recommender):

@@ -238,8 +238,9 @@ class EpisodicMemory:
         if probes != self._nprobe_set:  # more lists while the memory is not full
             self._index.nprobe = self._nprobe_set = probes
         scores, ids = self._index.search(q, k)
-        hits = [self._hits(s, i) for s, i in zip(scores, ids)]
-        return hits[0] if single else hits
+        if single:
+            return self._hits(scores[0], ids[0])
+        return [self._hits(s, i) for s, i in zip(scores, ids)]
 
     def entries(self) -> Entries:
         """Every live entry, oldest first."""

@@ -97,7 +97,9 @@ class Scored:
         """
         score = self.score
         if 0 < k < len(score):
-            kth = np.partition(score, len(score) - k)[len(score) - k]
+            part = score.copy()   # what np.partition does, without its dispatch wrapper
+            part.partition(len(score) - k)
+            kth = part[len(score) - k]
             near = np.flatnonzero(score >= kth)
             if len(near) >= k:   # (fewer only when NaN scores are about: sort them all)
                 return near[np.lexsort((self.rows[near], -score[near]))[:k]]

@@ -209,3 +209,18 @@ def test_one_event_paths_equal_the_batch_paths_bit_for_bit(world):
     for m in ("cooccurrence", "transitions"):
         for h in range(8):
             assert getattr(a, m).scores([h], n=8)[:7].tobytes() == getattr(b, m).scores([h], n=8)[:7].tobytes()
+
+
+def test_unit_rows_equal_the_masked_division_bit_for_bit():
+    """`_unit` tests one row's norm as a scalar; it gives what dividing by
+    ``np.where(norms > 0, norms, 1.0)`` gives, zero and non-finite rows included."""
+    from models.fastslow import _unit
+
+    rng = np.random.default_rng(1)
+    rows = [rng.standard_normal((1, 16)).astype(np.float32) * s for s in (1e-3, 1.0, 1e3)]
+    rows += [np.zeros((1, 16), np.float32), np.full((1, 16), np.nan, np.float32)]
+    with np.errstate(invalid="ignore"):
+        for x in rows + [np.concatenate(rows), rng.standard_normal((3, 16))]:
+            norms = np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True))
+            expected = (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+            assert _unit(x).tobytes() == expected.tobytes()
