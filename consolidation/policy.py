@@ -23,6 +23,7 @@ holds only the sample.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Collection
 
@@ -119,14 +120,14 @@ def consolidate_once(ranker: SlowRanker, sample: ReplaySample, config: Consolida
     return outcome.decision, None, fisher
 
 
-class Consolidating:
+class Consolidating(ABC):
     """What both policies share: a `Schedule` and a `_consolidate` step."""
 
     _schedule: Schedule
 
+    @abstractmethod
     def _consolidate(self) -> None:
         """One consolidation on the schedule's sample; each policy defines its own."""
-        raise NotImplementedError(f"{type(self).__name__} must define _consolidate")
 
     def consolidate(self) -> bool:
         """Consolidate now on everything learned (e.g. at the end of a period); False if nothing new."""
