@@ -400,11 +400,9 @@ class SlowRanker:
     def user_vectors_rows(self, user_rows: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Many slow user vectors at once: user rows (-1 unknown) and item-row histories, oldest first."""
         if len(histories) == 1:   # one request's user: no bookkeeping for many
-            flat = np.asarray(histories[0], dtype=np.int64)
-            ends = np.array([len(flat)], dtype=np.int64)
-        else:
-            ends = np.cumsum(np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories)))
-            flat = np.concatenate(histories).astype(np.int64, copy=False) if len(histories) else np.zeros(0, np.int64)
+            return self.user_vector_rows(int(np.asarray(user_rows)[0]), histories[0])[None, :]
+        ends = np.cumsum(np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories)))
+        flat = np.concatenate(histories).astype(np.int64, copy=False) if len(histories) else np.zeros(0, np.int64)
         pooled = np.zeros((len(histories), self.dim), dtype=np.float32)
         pool_histories(self._item_in, flat, ends, self._weights_f32, pooled)
         vec = pooled @ self._pool_w.T
