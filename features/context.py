@@ -192,6 +192,11 @@ class _Cache:
                 table.pop(key, None)
 
 
+def _as_spec(spec: ContextSpec | dict | None) -> ContextSpec:
+    """A `ContextSpec` from one, from a ranker's ``context`` dict, or the default for None."""
+    return spec if isinstance(spec, ContextSpec) else ContextSpec.from_dict(spec) if spec else ContextSpec()
+
+
 class FeatureContext:
     """Context arrays for the slow ranker from a feature store client (module docstring).
 
@@ -209,7 +214,7 @@ class FeatureContext:
     def __init__(self, client: FeatureStoreClient, spec: ContextSpec | dict | None = None,
                  cache: bool = False) -> None:
         self.client = client
-        self.spec = spec if isinstance(spec, ContextSpec) else ContextSpec.from_dict(spec) if spec else ContextSpec()
+        self.spec = _as_spec(spec)
         self.cache = cache
         self.missing: Counter[str] = Counter({v: 0 for v in (*USER_VIEWS, *ITEM_VIEWS)})
         self.lookups = 0
@@ -224,7 +229,7 @@ class FeatureContext:
         A model is trained and served with the encoding it was built with, whatever spec the
         caller's provider was made with.
         """
-        spec = spec if isinstance(spec, ContextSpec) else ContextSpec.from_dict(spec) if spec else ContextSpec()
+        spec = _as_spec(spec)
         return self if spec == self.spec else FeatureContext(self.client, spec)
 
     # ---- serving -------------------------------------------------------------------------
