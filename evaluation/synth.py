@@ -52,8 +52,9 @@ import pyarrow.parquet as pq
 import typer
 
 from evaluation.synth_events import EVENT_TYPES, Events, Progress, Shifts, simulate
-from evaluation.synth_truth import Shift, SynthTruth, iso_seconds, sidecar_paths
-from evaluation.synth_world import PRESETS, SynthConfig, World, build_world, start_seconds
+from evaluation.synth_truth import Season, Shift, SynthTruth, iso_seconds, sidecar_paths
+from evaluation.synth_world import (PRESETS, SynthConfig, World, build_world, season_bounds, season_categories,
+                                    season_period, start_seconds)
 from fastslow.errors import ConfigError
 
 __all__ = ["SynthConfig", "SynthStream", "generate", "write_stream", "synth", "synth_command", "PRESETS"]
@@ -147,7 +148,19 @@ class SynthStream:
                   "shifted_users_requested": round(cfg.shift_fraction * cfg.n_users)}
         return SynthTruth(params=cfg.to_dict(), seed=cfg.seed, counts=counts, stats=self.stats,
                           shifts=shifts, item_category=dict(zip(items, w.item_category.tolist())),
-                          item_introduced_at=dict(zip(items, (self.start + w.item_introduced).astype(float).tolist())))
+                          item_introduced_at=dict(zip(items, (self.start + w.item_introduced).astype(float).tolist())),
+                          seasons=self._seasons())
+
+    def _seasons(self) -> tuple[Season, ...]:
+        cfg = self.config
+        if not cfg.seasons:
+            return ()
+        bounds = season_bounds(cfg)
+        bounds[-1] = max(int(bounds[-1]), int(self.events.time.max()) + 1)
+        owned = season_categories(cfg)
+        return tuple(Season(period=j, season=letter, start=float(self.start + bounds[j]),
+                            end=float(self.start + bounds[j + 1]), categories=tuple(owned[letter]))
+                     for j, letter in enumerate(cfg.seasons))
 
 
 def _g(x: float) -> float:
@@ -188,6 +201,16 @@ def stream_stats(cfg: SynthConfig, w: World, ev: Events, shifts: Shifts) -> dict
     new_cat[shifts.user] = shifts.new_category
     in_new = w.item_category[ev.item] == new_cat[ev.user]
     shifted = np.isin(ev.user, shifts.user)
+    seasonal = {}
+    if cfg.seasons:   # share of each period's events on its season's catalogue
+        owned = season_categories(cfg)
+        hot = np.zeros((len(cfg.seasons), cfg.n_categories), dtype=bool)
+        for j, letter in enumerate(cfg.seasons):
+            hot[j, owned[letter]] = True
+        period = season_period(cfg, ev.time)
+        on = hot[period, w.item_category[ev.item]]
+        seasonal = {"season_catalogue_share": [_g(on[period == j].mean()) if (period == j).any() else 0.0
+                                               for j in range(len(cfg.seasons))]}
     return {
         "events_per_user": _quantiles(per_user[per_user > 0]),
         "top1pct_item_share": _g(per_item[:top].sum() / max(1, cfg.n_events)),
@@ -200,6 +223,7 @@ def stream_stats(cfg: SynthConfig, w: World, ev: Events, shifts: Shifts) -> dict
         "post_shift_events": _quantiles(np.bincount(ev.user[post], minlength=cfg.n_users)[shifts.user]),
         "post_shift_new_category_share": _g(in_new[post].mean()) if post.any() else 0.0,
         "pre_shift_new_category_events": int((in_new & shifted & ~post).sum()),
+        **seasonal,
     }
 
 
@@ -320,6 +344,8 @@ def synth_command(
     p_next: Annotated[float | None, typer.Option(help="Probability of following a planted next-item link.")] = None,
     start: Annotated[str | None, typer.Option(help="Start time, ISO-8601 UTC.")] = None,
     span_days: Annotated[float | None, typer.Option(help="Time span of session starts, days.")] = None,
+    seasons: Annotated[str | None, typer.Option(help="Season schedule, one letter per period (e.g. ABACA; "
+                                                     "needs --shift-fraction 0).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
 ) -> None:
     """Generate a synthetic interaction stream with known ground truth (taste shifts, new items)."""
@@ -329,7 +355,7 @@ def synth_command(
     given = {"n_events": events, "n_users": users, "n_items": items, "n_categories": categories, "dim": dim,
              "zipf": zipf, "session_mean": session_mean, "shift_fraction": shift_fraction,
              "new_item_fraction": new_item_fraction, "p_next": p_next, "start": start,
-             "span_days": span_days, "seed": seed}
+             "span_days": span_days, "seasons": seasons, "seed": seed}
     try:
         config = SynthConfig.preset(preset, **{k: v for k, v in given.items() if v is not None})
     except ConfigError as err:

@@ -14,6 +14,11 @@ all sessions of a chunk at once (numpy, no Python loop per event). At each step 
 
 Before their shift, users never interact with their future new category (such picks are
 redrawn from their old taste), so the shift is a true "new favourite".
+
+With seasons (``SynthConfig.seasons``), a taste-driven pick is in the current period's season
+catalogue with probability ``season_strength``: the user's closest category of that season
+(by latent affinity) 70% of the time, their second closest otherwise. Planted links are
+followed only to items of the current season.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.synth_world import STREAM_EVENTS, STREAM_SESSIONS, STREAM_SHIFTS, ItemSampler, SynthConfig, World
+from evaluation.synth_world import (STREAM_EVENTS, STREAM_SESSIONS, STREAM_SHIFTS, ItemSampler, SynthConfig, World,
+                                    season_categories, season_labels, season_period)
 
 logger = logging.getLogger(__name__)
 VIEW, CLICK, CART, PURCHASE = 0, 1, 2, 3
@@ -151,6 +157,20 @@ class _Walker:
         self.new_category[shifts.user] = shifts.new_category
         self.post_vector = world.user_vector.copy()
         self.post_vector[shifts.user] = shifts.vector
+        self.season_of_period = self.season_favourites = self.item_season = None
+        if cfg.seasons:
+            labels = season_labels(cfg)
+            self.season_of_period = np.array([labels.index(c) for c in cfg.seasons])
+            owned = season_categories(cfg)
+            self.item_season = world.item_category % len(labels)   # as `season_categories` assigns them
+            affinity = world.user_vector @ world.centroids.T            # (users, categories)
+            self.season_favourites = np.stack([                          # (users, seasons, 2)
+                np.asarray(owned[label])[np.argsort(-affinity[:, owned[label]], axis=1, kind="stable")[:, :2]]
+                for label in labels], axis=1).astype(np.int32)
+
+    def season(self, time: np.ndarray) -> np.ndarray:
+        """Season number (index into the distinct letters) of each event time."""
+        return self.season_of_period[season_period(self.cfg, time)]
 
     def taste_pick(self, user, time, post, rng, explore: bool) -> np.ndarray:
         cfg, w = self.cfg, self.world
@@ -163,6 +183,10 @@ class _Walker:
         if explore:
             wander = rng.random(m) < cfg.p_explore
             category[wander] = rng.choice(cfg.n_categories, size=int(wander.sum()), p=w.category_weight)
+        if self.season_favourites is not None:
+            hot = rng.random(m) < cfg.season_strength
+            second = (rng.random(m) >= 0.7).astype(np.int64)
+            category[hot] = self.season_favourites[user[hot], self.season(time[hot]), second[hot]]
         c = cfg.taste_candidates
         draws = self.sampler.sample(np.repeat(category, c), np.repeat(time, c), rng).reshape(m, c)
         taste = np.where(to_new[:, None], self.post_vector[user], w.user_vector[user])
@@ -183,6 +207,8 @@ class _Walker:
             slot = (rng.random(m)[:, None] > w.link_cum).sum(axis=1)
             target = w.links[prev, np.minimum(slot, cfg.n_next - 1)]
             follow &= w.item_introduced[target] <= time
+            if self.item_season is not None:
+                follow &= self.item_season[target] == self.season(time)
             item[repeat] = prev[repeat]
             item[follow] = target[follow]
         need = item < 0

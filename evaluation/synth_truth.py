@@ -4,7 +4,8 @@ Next to an events file ``<stem>.parquet`` / ``<stem>.csv`` / ``<stem>.csv.gz`` t
 writes
 
 * ``<stem>.truth.json``: parameters, seed, counts, realism statistics, and per shifted user
-  the shift time (ISO and unix seconds), old categories, new category and event counts;
+  the shift time (ISO and unix seconds), old categories, new category and event counts, and
+  for a seasonal stream each period's season letter, time range and hot categories;
 * ``<stem>.items.parquet``: item_id, category, price, introduced_at (the item table; new
   items cannot be interacted with before ``introduced_at``);
 * ``<stem>.links.parquet``: item_id, next_item_id, slot, probability (the planted
@@ -17,6 +18,7 @@ A user's event is *post-shift* when its timestamp is at or after the shift time;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -87,6 +89,21 @@ class Shift:
 
 
 @dataclass(frozen=True)
+class Season:
+    """One period of a seasonal stream: events with ``start <= timestamp < end`` follow ``season``."""
+
+    period: int
+    season: str
+    """The season's letter; periods with the same letter share one catalogue."""
+    start: float
+    """Unix seconds (the first period starts at the stream start)."""
+    end: float
+    """Unix seconds (the last period ends just after the last event: sessions may run past the span)."""
+    categories: tuple[int, ...]
+    """The season's hot categories; different letters have disjoint ones."""
+
+
+@dataclass(frozen=True)
 class SynthTruth:
     """What the generator planted, as `load_truth` returns it.
 
@@ -109,6 +126,8 @@ class SynthTruth:
     item_category: dict[str, int]
     item_introduced_at: dict[str, float]
     """Unix seconds from which each item can be interacted with."""
+    seasons: tuple[Season, ...] = ()
+    """Each period of a seasonal stream (``SynthConfig.seasons``) in time order; empty without seasons."""
 
     @cached_property
     def _category_sets(self) -> dict[int, frozenset[str]]:
@@ -120,6 +139,10 @@ class SynthTruth:
     def category_items(self, category: int) -> frozenset[str]:
         """All items of a category (whenever introduced)."""
         return self._category_sets.get(category, frozenset())
+
+    def season_items(self, period: int) -> frozenset[str]:
+        """The hot catalogue of a period of a seasonal stream: every item of its season's categories."""
+        return frozenset().union(*(self.category_items(c) for c in self.seasons[period].categories))
 
     def is_new_taste(self, user_id: str, item_id: str) -> bool:
         """Whether `item_id` belongs to `user_id`'s new favourite category (False if no shift)."""
@@ -136,6 +159,8 @@ class SynthTruth:
                            "old_category": s.old_categories[0], "old_categories": list(s.old_categories),
                            "new_category": s.new_category, "pre_events": s.pre_events,
                            "post_events": s.post_events} for s in self.shifts.values()]}
+        if self.seasons:
+            doc["seasons"] = [dataclasses.asdict(s) | {"categories": list(s.categories)} for s in self.seasons]
         return json.dumps(doc, indent=1) + "\n"
 
 
@@ -161,9 +186,11 @@ def load_truth(events_path: str | Path) -> SynthTruth:
                                   old_categories=tuple(s["old_categories"]), new_category=int(s["new_category"]),
                                   pre_events=int(s["pre_events"]), post_events=int(s["post_events"]))
               for s in doc["shifts"]}
+    seasons = tuple(Season(period=int(s["period"]), season=s["season"], start=float(s["start"]), end=float(s["end"]),
+                           categories=tuple(int(c) for c in s["categories"])) for s in doc.get("seasons", ()))
     return SynthTruth(params=doc["params"], seed=int(doc["seed"]), counts=doc["counts"], stats=doc["stats"],
                       shifts=shifts, item_category=dict(zip(ids, items.column("category").to_pylist())),
-                      item_introduced_at=dict(zip(ids, introduced.tolist())))
+                      item_introduced_at=dict(zip(ids, introduced.tolist())), seasons=seasons)
 
 
 def load_links(events_path: str | Path) -> dict[str, tuple[str, ...]]:

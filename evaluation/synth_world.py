@@ -92,6 +92,13 @@ class SynthConfig:
     """Stream start time (ISO-8601, UTC)."""
     span_days: float = 60.0
     """Sessions start within this many days after `start`."""
+    seasons: str = ""
+    """Season schedule, one letter per equal-length period of the span (e.g. ``"ABACA"``): each
+    letter owns a disjoint set of categories (its hot catalogue, see `season_categories`) and
+    users' taste-driven picks follow the current period's letter. Empty: no seasons."""
+    season_strength: float = 0.95
+    """With seasons, this share of taste-driven picks is in the season's catalogue (the rest
+    follows the user's year-round taste)."""
     seed: int = 0
     """Seed: the same configuration and seed give a byte-identical stream."""
 
@@ -103,7 +110,7 @@ class SynthConfig:
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(name, value, "an integer >= 1")
         for name in ("shift_fraction", "shift_strength", "new_item_fraction", "p_next",
-                     "p_repeat", "p_cross", "p_explore"):
+                     "p_repeat", "p_cross", "p_explore", "season_strength"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(name, value, "a probability in [0, 1]")
@@ -128,6 +135,19 @@ class SynthConfig:
             raise ConfigError("min_pre_shift_events/min_post_shift_events",
                               (self.min_pre_shift_events, self.min_post_shift_events), "integers >= 1")
         start_seconds(self.start)
+        self._check_seasons()
+
+    def _check_seasons(self) -> None:
+        if not self.seasons:
+            return
+        if not (self.seasons.isascii() and self.seasons.isalpha() and self.seasons.isupper()):
+            raise ConfigError("seasons", self.seasons, "capital letters, one per period, e.g. ABACA")
+        if 2 * len(set(self.seasons)) > self.n_categories:
+            raise ConfigError("seasons", self.seasons, f"at most n_categories / 2 = {self.n_categories // 2} "
+                              "different letters (each season needs two categories)")
+        if self.shift_fraction > 0:
+            raise ConfigError("shift_fraction", self.shift_fraction,
+                              "0 with seasons (a season already moves every user's taste)")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "SynthConfig":
@@ -165,10 +185,50 @@ PRESETS: dict[str, SynthConfig] = {
     "small": SynthConfig(n_events=30_000, n_users=600, n_items=2_000, n_categories=20,
                          span_days=30.0, **_SMALL),
     "default": SynthConfig(),
+    # Forgetting benchmark: hot catalogues that come and go and come back (A, B, A, C, A).
+    "seasons": SynthConfig(n_events=40_000, n_users=1_500, n_items=3_000, n_categories=24,
+                           shift_fraction=0.0, new_item_fraction=0.0, span_days=50.0,
+                           seasons="ABACA", **_SMALL),
     # Scale benchmarks.
     "large": SynthConfig(n_events=10_000_000, n_users=200_000, n_items=100_000,
                          n_categories=200, span_days=180.0),
 }
+
+
+def season_labels(cfg: SynthConfig) -> list[str]:
+    """The distinct season letters in order of first appearance.
+
+    >>> season_labels(SynthConfig.preset("seasons"))
+    ['A', 'B', 'C']
+    """
+    return list(dict.fromkeys(cfg.seasons))
+
+
+def season_categories(cfg: SynthConfig) -> dict[str, list[int]]:
+    """Each season letter's categories: the k-th letter (`season_labels`) owns those with ``c % n_letters == k``.
+
+    >>> season_categories(SynthConfig.preset("seasons", n_categories=7))
+    {'A': [0, 3, 6], 'B': [1, 4], 'C': [2, 5]}
+    """
+    labels = season_labels(cfg)
+    return {label: list(range(k, cfg.n_categories, len(labels))) for k, label in enumerate(labels)}
+
+
+def season_period(cfg: SynthConfig, seconds: np.ndarray) -> np.ndarray:
+    """Period number (index into ``cfg.seasons``) of times in seconds after the start.
+
+    >>> season_period(SynthConfig.preset("seasons", span_days=5.0), np.array([0, 86_399, 86_400, 10**9]))
+    array([0, 0, 1, 4])
+    """
+    n = max(1, len(cfg.seasons))
+    return np.clip(np.asarray(seconds, dtype=np.int64) * n // int(cfg.span_days * 86_400), 0, n - 1)
+
+
+def season_bounds(cfg: SynthConfig) -> np.ndarray:
+    """Start of each period and the end of the last, seconds after the start (``len(seasons) + 1``)."""
+    span = int(cfg.span_days * 86_400)
+    n = len(cfg.seasons)
+    return -(-np.arange(n + 1, dtype=np.int64) * span // n)
 
 
 @dataclass
