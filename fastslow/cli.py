@@ -9,8 +9,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+import traceback
+from typing import Annotated, Optional
 
 import typer
+from typer._click.exceptions import ClickException  # typer vendors click (as typer._click)
+
+from fastslow.errors import FastslowError
 
 from fastslow.settings import Settings
 
@@ -52,16 +58,29 @@ GROUPS: list[tuple[str, str]] = [
 ]
 
 
+_state = {"debug": False}
+"""Whether the command runs at DEBUG level (set by the callback; `run` reads it on an error)."""
+
+
 def _resolve(target: str):
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
+LogLevelOption = Annotated[Optional[str], typer.Option(  # noqa: UP045 (typer needs Optional)
+    "--log-level", help="Logging level (default: FASTSLOW_LOG_LEVEL, INFO); DEBUG also prints the "
+                        "traceback of an error that ends a command.")]
+
+
 @app.callback()
-def _configure() -> None:
-    """Configure logging once, from the settings, for every command."""
+def _configure(log_level: LogLevelOption = None) -> None:
+    """Configure logging once, from the settings (or --log-level), for every command."""
     settings = Settings()
-    level = settings.log_level.upper()
+    level = (log_level or settings.log_level).upper()
+    if level not in logging.getLevelNamesMapping():
+        raise typer.BadParameter(f"expected one of DEBUG, INFO, WARNING, ERROR, got {level!r}",
+                                 param_hint="--log-level")
+    _state["debug"] = level == "DEBUG"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
         # third-party chatter (every Kafka connection, FAISS's CPU-feature probing) is debug detail
@@ -89,4 +108,33 @@ def main() -> None:
     `faiss.omp_set_num_threads` only changes the thread that calls it.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    app()
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(args: list[str]) -> int:
+    """Run the command line on ``args``; the exit status.
+
+    Every command ends the same way on bad input: usage errors (click's own, and fastslow
+    errors whose ``exit_code`` is 2, e.g. `fastslow.errors.ConfigError`) exit 2, other
+    `fastslow.errors.FastslowError` failures exit 1, each with one ``error: ...`` line on
+    stderr; the traceback is printed too at DEBUG level (``--log-level DEBUG``). Errors that
+    are not fastslow's are bugs: their traceback is always printed.
+    """
+    _state["debug"] = False
+    try:
+        # without standalone mode click raises usage errors and returns typer.Exit's status
+        status = app(args=args, prog_name="fastslow", standalone_mode=False)
+    except FastslowError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except ClickException as exc:   # usage errors (a missing argument, an unknown option or command)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        return exc.exit_code
+    return status if isinstance(status, int) else 0

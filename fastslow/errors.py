@@ -10,11 +10,19 @@ from typing import Any
 
 
 class FastslowError(Exception):
-    """Root of every error fastslow raises on purpose."""
+    """Root of every error fastslow raises on purpose.
+
+    ``exit_code`` is what the command line exits with when one ends a command: 1 (a
+    failure) unless the class says the command was called wrongly (2, like a usage error).
+    """
+
+    exit_code = 1
 
 
 class ConfigError(FastslowError):
     """A setting or option has a value the component cannot work with."""
+
+    exit_code = 2
 
     def __init__(self, setting: str, value: Any, expected: str) -> None:
         self.setting, self.value, self.expected = setting, value, expected

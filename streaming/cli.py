@@ -64,7 +64,6 @@ def produce_command(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from fastslow.errors import FastslowError
     from fastslow.settings import Settings
     from streaming.kafka import DEFAULT_PARTITIONS, TopicSpec, ensure_topics, make_producer
     from streaming.producer import produce_events
@@ -73,22 +72,19 @@ def produce_command(
     settings = Settings()
     bootstrap = resolve_bootstrap(bootstrap_servers, settings.kafka_bootstrap)
     columns = column_map(user_col, item_col, time_col, type_col, value_col, id_col, context_col, assume_utc)
+    # a FastslowError (a missing or unreadable log, a bad row) ends the command in `fastslow.cli.run`
+    batches = iter_event_batches(events, columns, on_error=on_error)
+    ensure_topics(bootstrap, [TopicSpec(topic, DEFAULT_PARTITIONS)])
+    producer = make_producer(bootstrap)
     try:
-        batches = iter_event_batches(events, columns, on_error=on_error)
-        ensure_topics(bootstrap, [TopicSpec(topic, DEFAULT_PARTITIONS)])
-        producer = make_producer(bootstrap)
-        try:
-            shown = (TextColumn("producing to {task.fields[topic]}"), BarColumn(), MofNCompleteColumn(),
-                     TimeElapsedColumn(), TimeRemainingColumn())
-            with Progress(*shown, console=Console(stderr=True), transient=True) as progress:
-                task = progress.add_task("produce", total=_row_count(events), topic=topic)
-                report = produce_events(producer, batches, topic, rate,
-                                        progress=lambda n: progress.advance(task, n))
-        finally:
-            producer.close()
-    except FastslowError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        shown = (TextColumn("producing to {task.fields[topic]}"), BarColumn(), MofNCompleteColumn(),
+                 TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*shown, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("produce", total=_row_count(events), topic=topic)
+            report = produce_events(producer, batches, topic, rate,
+                                    progress=lambda n: progress.advance(task, n))
+    finally:
+        producer.close()
     if batches.report.skipped:
         typer.echo(batches.report.summary(), err=True)
     summary = report.summary() | {"skipped": batches.report.skipped}

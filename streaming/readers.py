@@ -76,7 +76,12 @@ _OPTIONS = {"user_id": "--user-col", "item_id": "--item-col", "timestamp": "--ti
 
 
 class EventFileError(EventLogError):
-    """The log as a whole cannot be read: missing, unknown format, corrupt, a column absent."""
+    """The log as a whole cannot be read: missing, unknown format, corrupt, a column absent.
+
+    The command line was pointed at something that is not a usable log: a usage error.
+    """
+
+    exit_code = 2
 
     def __init__(self, path: str | Path, reason: str, hint: str) -> None:
         self.path, self.row, self.reason, self.hint = str(path), None, reason, hint
