@@ -24,6 +24,14 @@ Methods, all through the replay policies' own code:
 Summaries (Lopez-Paz & Ranzato 2017): ``ACC = mean_i R[T-1, i]`` (every period after the
 last one) and ``BWT = mean_{i < T-1} (R[T-1, i] - R[i, i])`` (how much each period lost since
 it was learned; negative = forgetting).
+
+Periods are equal event counts unless ``cuts`` (row numbers where periods 1.. start) are
+given, e.g. a seasonal stream's season boundaries. With ``seasons`` (one letter per period,
+`evaluation.synth_world.SynthConfig.seasons`), a period whose season was seen before and
+differs from the previous period's is a *return*, and the **recurrence** figure is what users
+feel then: NDCG@k of the first ``recurrence_events`` events of each return, test-then-learn
+(each event ranked by the method's ``recommend`` for its user, the user's learned items
+excluded and counted as misses, before the method learns it), averaged over the returns.
 """
 
 from __future__ import annotations
@@ -105,8 +113,11 @@ def _probe_sample(table: pa.Table, chosen: np.ndarray, learned: np.ndarray, hist
 
 
 def split_tasks(table: pa.Table, tasks: int = 5, holdout: float = 0.1, history: int = 50,
-                max_probes: int | None = 1000, seed: int = 0) -> list[Task]:
+                max_probes: int | None = 1000, seed: int = 0, cuts: Sequence[int] | None = None) -> list[Task]:
     """Cut a time-ordered log into ``tasks`` periods, each with its held-out tail (module docstring).
+
+    ``cuts``: the rows where periods 1.. start (``tasks - 1`` increasing row numbers); default
+    equal event counts.
 
     At most ``max_probes`` held-out events per period are scored (a seeded uniform choice).
 
@@ -125,6 +136,11 @@ def split_tasks(table: pa.Table, tasks: int = 5, holdout: float = 0.1, history: 
         raise ConfigError("forgetting tasks/holdout", (tasks, holdout),
                           f"tasks >= 1 with 2 events each (the log has {table.num_rows}) and 0 < holdout < 1")
     bounds = np.linspace(0, table.num_rows, tasks + 1).round().astype(int)
+    if cuts is not None:
+        bounds = np.array([0, *cuts, table.num_rows], dtype=int)
+        if len(bounds) != tasks + 1 or (np.diff(bounds) < 2).any():
+            raise ConfigError("forgetting period cuts", list(cuts),
+                              f"{tasks - 1} increasing row numbers, periods of 2 events or more")
     rng = np.random.default_rng(seed)
     chosen = np.zeros(table.num_rows, dtype=bool)
     learned = np.ones(table.num_rows, dtype=bool)
@@ -195,43 +211,90 @@ class MethodResult:
     matrix: list[list[float]]
     seconds: float
     log: list[dict] = field(default_factory=list)
+    recurrence: dict[int, float] = field(default_factory=dict)
+    """Period of each season's return -> NDCG@k of its first events (module docstring)."""
 
     def summary(self) -> dict:
-        return {"acc": round(acc(self.matrix), 6), "bwt": round(bwt(self.matrix), 6),
-                "matrix": [[round(x, 6) for x in row] for row in self.matrix], "seconds": round(self.seconds, 1),
-                "consolidations": [{"promoted": e["promoted"], "reason": e["reason"]} for e in self.log]}
+        out = {"acc": round(acc(self.matrix), 6), "bwt": round(bwt(self.matrix), 6),
+               "matrix": [[round(x, 6) for x in row] for row in self.matrix], "seconds": round(self.seconds, 1),
+               "consolidations": [{"promoted": e["promoted"], "reason": e["reason"]} for e in self.log]}
+        if self.recurrence:
+            out["recurrence"] = round(float(np.mean(list(self.recurrence.values()))), 6)
+            out["recurrence_by_period"] = {str(j): round(x, 6) for j, x in self.recurrence.items()}
+        return out
+
+
+def returns(seasons: str) -> list[int]:
+    """Periods where a season comes back: seen before, and not the previous period's.
+
+    >>> returns("ABACA"), returns("AAB"), returns("")
+    ([2, 4], [], [])
+    """
+    return [j for j, s in enumerate(seasons) if s in seasons[:j] and s != seasons[j - 1]]
+
+
+def prequential_ndcg(policy, events, seen: dict[str, set], k: int = 10) -> float:
+    """Test-then-learn NDCG@k over ``events`` (tuples for ``learn_one``); ``seen`` grows as they are learned."""
+    total = 0.0
+    for event in events:
+        user, item = event[0], event[1]
+        past = seen.setdefault(user, set())
+        top = policy.recommend(user, k, exclude=past)
+        if item in top and item not in past:
+            total += gain(top.index(item))
+        policy.learn_one(*event)
+        past.add(item)
+    return total / len(events) if events else 0.0
 
 
 def run_method(name: str, tasks: list[Task], config: ConsolidationConfig, sample_size: int, k: int = 10,
-               seed: int = 0, progress: Callable[[str, int], None] | None = None) -> MethodResult:
-    """Learn ``tasks`` in order with one method, scoring every task's probes after each."""
+               seed: int = 0, progress: Callable[[str, int], None] | None = None,
+               recurring: Sequence[int] = (), recurrence_events: int = 1000) -> MethodResult:
+    """Learn ``tasks`` in order with one method, scoring every task's probes after each.
+
+    The first ``recurrence_events`` events of each period in ``recurring`` are scored
+    test-then-learn as they are learned (`prequential_ndcg`).
+    """
     started = time.perf_counter()
     policy, score = make_method(name, config, sample_size, seed)
-    matrix = []
+    matrix, recurrence, seen = [], {}, {}
     for j, task in enumerate(tasks):
         users, items, times, kinds, values = columns(task.train)
         if j == 0:
             policy.learn_warmup(users, items, times, kinds, values)
         else:
-            for event in zip(users, items, times.tolist(), kinds, values.tolist()):
+            events = list(zip(users, items, times.tolist(), kinds, values.tolist()))
+            head = recurrence_events if j in recurring else 0
+            if head:
+                recurrence[j] = prequential_ndcg(policy, events[:head], seen, k)
+            for event in events[head:]:
                 policy.learn_one(*event)
             if hasattr(policy, "consolidate"):
                 policy.consolidate()
+        for u, i in zip(users, items):
+            seen.setdefault(u, set()).add(i)
         matrix.append([score(other.probes, k) for other in tasks])
         logger.info("%s after period %d: %s", name, j, [round(x, 4) for x in matrix[-1]])
         if progress is not None:
             progress(name, j)
-    return MethodResult(name, matrix, time.perf_counter() - started, list(getattr(policy, "log", [])))
+    return MethodResult(name, matrix, time.perf_counter() - started, list(getattr(policy, "log", [])), recurrence)
 
 
 def forgetting(table: pa.Table, methods: Sequence[str] = METHODS, tasks: int = 5, holdout: float = 0.1,
                max_probes: int | None = 1000, config: ConsolidationConfig = ConsolidationConfig(),
                sample_size: int | None = None, k: int = 10, seed: int = 0,
-               progress: Callable[[str, int], None] | None = None) -> dict[str, MethodResult]:
-    """Run the benchmark for each method on the same periods (``sample_size`` None: twice a period)."""
+               progress: Callable[[str, int], None] | None = None, cuts: Sequence[int] | None = None,
+               seasons: str = "", recurrence_events: int = 1000) -> dict[str, MethodResult]:
+    """Run the benchmark for each method on the same periods (``sample_size`` None: twice a period).
+
+    ``cuts`` and ``seasons``: see the module docstring (``seasons`` has one letter per period).
+    """
     for name in methods:
         if name not in METHODS:
             raise ConfigError("forgetting method", name, "one of: " + ", ".join(METHODS))
-    parts = split_tasks(table, tasks, holdout, max_probes=max_probes, seed=seed)
+    if seasons and len(seasons) != tasks:
+        raise ConfigError("forgetting seasons", seasons, f"one season letter per period ({tasks})")
+    parts = split_tasks(table, tasks, holdout, max_probes=max_probes, seed=seed, cuts=cuts)
     size = sample_size or 2 * max(p.train.num_rows for p in parts)
-    return {name: run_method(name, parts, config, size, k, seed, progress) for name in methods}
+    return {name: run_method(name, parts, config, size, k, seed, progress, returns(seasons), recurrence_events)
+            for name in methods}
