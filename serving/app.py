@@ -7,7 +7,10 @@
                             generally liked items), never an error. ``k`` is 1..100.
 ``POST /events``            one event object or a list of at most `MAX_BATCH_EVENTS` (body at most
                             `MAX_BODY_BYTES`), validated by `streaming.events.Interaction`, produced
-                            to Kafka keyed by user; 202 ``{"accepted", "event_ids"}`` once acknowledged.
+                            to Kafka keyed by user; 202 ``{"accepted", "event_ids", "timestamps"}``
+                            once acknowledged. An event without ``timestamp`` gets the time the
+                            server received it; ``timestamps`` says per event which was used
+                            (``"event"`` or ``"received"``).
 ``DELETE /users/{user_id}`` forgets the user (`serving.runtime.Runtime.forget_user`); 200 with the
                             counts removed per store.
 ``GET /healthz``            200 while the process runs.
@@ -40,15 +43,19 @@ import logging
 import time
 from typing import Any
 
+from datetime import datetime, timezone
+from typing import Literal
+
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from fastslow.errors import FastslowError
 from serving.metrics import CONTENT_TYPE
 from serving.runtime import Runtime, ServingError
 from streaming.event_rules import MAX_EVENT_BYTES, REASON_MISSING, RuleViolation, check_text, show_value
-from streaming.events import InvalidEventError, validate_event
+from streaming.events import Interaction, InvalidEventError, validate_event
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,31 @@ MAX_BATCH_EVENTS = 1000
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """Bytes one ``POST /events`` body may have."""
 API_KEY_HEADER = "X-API-Key"
+
+
+TIMESTAMP_DOC = ("When the interaction happened: ISO-8601 with a UTC offset, unix seconds or unix milliseconds. "
+                 "Optional: an event without one gets the time the server received it (the response's "
+                 "`timestamps` says which was used).")
+
+
+class EventsAccepted(BaseModel):
+    """The 202 answer of ``POST /events`` (for the OpenAPI schema; the handler builds it as JSON)."""
+
+    accepted: int = Field(description="Events produced to Kafka and acknowledged.")
+    event_ids: list[str] = Field(description="Their ids, in the order sent (derived when not given).")
+    timestamps: list[Literal["event", "received"]] = Field(
+        description="Per event, in the order sent: `event` when its own timestamp was kept, `received` when "
+                    "it had none and the server's receive time was used.")
+
+
+def event_body_schema() -> dict[str, Any]:
+    """The OpenAPI request body of ``POST /events``: one `Interaction` or a list, ``timestamp`` optional."""
+    one = Interaction.model_json_schema()
+    one["required"] = [name for name in one.get("required", []) if name != "timestamp"]
+    one["properties"]["timestamp"] = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+                                      "title": "Timestamp", "description": TIMESTAMP_DOC}
+    body = {"oneOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_BATCH_EVENTS}]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
 
 
 class Problems(FastslowError):
@@ -115,19 +147,23 @@ def create_app(runtime: Runtime, api_key: str | None = None) -> FastAPI:
         body = runtime.recommend(_checked_id("user_id", user_id), k, exclude_seen)
         return Response(json.dumps(body), media_type="application/json")
 
-    @app.post("/events", status_code=202)
+    @app.post("/events", status_code=202, openapi_extra=event_body_schema(),
+              responses={202: {"model": EventsAccepted, "description": "Produced and acknowledged."}})
     async def post_events(request: Request, x_api_key: str | None = Header(None)) -> Response:
+        """Accept one event or a batch. ``timestamp`` may be left out: the receive time is used then."""
         authorize(x_api_key)
+        received = datetime.now(timezone.utc)
         body = await _read_body(request)
 
-        def accept() -> list[str]:  # on a thread: validating 1,000 events takes milliseconds
+        def accept() -> tuple[list[str], list[str]]:  # on a thread: validating 1,000 events takes milliseconds
+            events, sources = _parse_events(body, runtime, received)
             try:
-                return runtime.produce(_parse_events(body, runtime))
+                return runtime.produce(events), sources
             except ServingError as exc:
                 raise HTTPException(503, str(exc)) from None
 
-        ids = await _in_thread(accept)
-        return JSONResponse({"accepted": len(ids), "event_ids": ids}, status_code=202)
+        ids, sources = await _in_thread(accept)
+        return JSONResponse({"accepted": len(ids), "event_ids": ids, "timestamps": sources}, status_code=202)
 
     @app.delete("/users/{user_id}")
     def delete_user(user_id: str, x_api_key: str | None = Header(None)) -> dict[str, Any]:
@@ -185,8 +221,9 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_events(body: bytes, runtime: Runtime) -> list:
-    """Validated `Interaction` objects from a JSON object or list, or `Problems` naming each fault."""
+def _parse_events(body: bytes, runtime: Runtime, received: datetime) -> tuple[list, list[str]]:
+    """Validated `Interaction` objects from a JSON object or list, or `Problems` naming each fault;
+    with, per event, whether its own timestamp was kept (``"event"``) or ``received`` filled in."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -198,14 +235,17 @@ def _parse_events(body: bytes, runtime: Runtime) -> list:
         raise Problems([problem("(body)", data, "expected an event object or a non-empty list of them")])
     if len(items) > MAX_BATCH_EVENTS:
         raise HTTPException(413, f"{len(items)} events: expected at most {MAX_BATCH_EVENTS} per request")
-    events, problems = [], []
+    events, sources, problems = [], [], []
     for n, item in enumerate(items):
         index = None if single else n
         if not isinstance(item, dict):
             problems.append(problem("(event)", item, "expected a JSON object", index))
             continue
+        source = "event" if item.get("timestamp") is not None else "received"
+        if source == "received":
+            item = {**item, "timestamp": received.isoformat()}
         try:
-            event = validate_event(item)
+            event = validate_event(item, now=received)
         except InvalidEventError as exc:
             problems.extend(problem(p.field, p.value, p.reason, index) for p in exc.problems)
             continue
@@ -217,10 +257,11 @@ def _parse_events(body: bytes, runtime: Runtime) -> list:
                                     f"expected at most {MAX_EVENT_BYTES} bytes as JSON", index))
         else:
             events.append(event)
+            sources.append(source)
     if problems:
         runtime.metrics.events_rejected.inc(len(items))
         raise Problems(problems)
-    return events
+    return events, sources
 
 
 def _add_error_handlers(app: FastAPI) -> None:
