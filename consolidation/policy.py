@@ -1,4 +1,4 @@
-"""Replay policies that consolidate on a schedule inside `fastslow replay`: `ewc` and `FastSlowPolicy`.
+"""Replay policies that consolidate on a schedule inside `fastslow replay`: `ewc` and `fast-slow`.
 
 Both run the consolidation job's code every ``every`` learned events on what they have learned
 so far, never on future events: a replay sample (recent events since the last promotion + a
@@ -8,10 +8,12 @@ probes, promoted only if the gate says so.
 
 - `EwcPolicy` (``ewc``): the slow ranker alone. Between consolidations it is the frozen slow
   model (`evaluation.ablations.SlowPolicy`: users' recent items feed the user tower).
-- `FastSlowPolicy`: the product, a `models.fastslow.FastSlow` whose fast path learns every
-  event; each consolidation also distils the fast path's per-user preferences
-  (`consolidation.distill`) and, on promotion, swaps the slow model in with
-  ``use_ranker(challenger, keep_fast)``, as the hot-reload watcher does in production.
+- `FastSlowPolicy` (``fast-slow``): the product as deployed, a `models.fastslow.FastSlow` whose
+  fast path learns every event through its own ``learn_one`` (the worker's call); each
+  consolidation also distils the fast path's per-user preferences (`consolidation.distill`)
+  and, on promotion, swaps the slow model in with ``use_ranker(challenger, keep_fast)``, as the
+  hot-reload watcher does in production. The replay sets the schedule (``reschedule``: by
+  default about five consolidations over the scored part).
 
 By default they skip MLflow (tracking every consolidation of a long replay costs seconds each
 and fills the store); pass a `ModelRegistry` to run the full tracked job
@@ -124,6 +126,19 @@ class Consolidating(ABC):
     """What both policies share: a `Schedule` and a `_consolidate` step."""
 
     _schedule: Schedule
+    every: int
+    log: list[dict]
+
+    def reschedule(self, every: int) -> None:
+        """Consolidate every `every` learned events from now on (`fastslow replay --consolidate-every`)."""
+        if every < 1:
+            raise ValueError(f"consolidation schedule must be >= 1 event, got {every}")
+        self.every = self._schedule.every = every
+
+    def report(self) -> dict:
+        """What the replay JSON shows of the schedule: consolidations run and promoted."""
+        return {"consolidate_every": self.every, "consolidations": len(self.log),
+                "promotions": sum(bool(entry["promoted"]) for entry in self.log)}
 
     @abstractmethod
     def _consolidate(self) -> None:
@@ -226,7 +241,7 @@ class FastSlowPolicy(Consolidating, Recommender):
         of it on id-only copies (`consolidation.distill`).
     distill_users
         Users distilled per consolidation at most: the most active since the last promotion
-        (each costs one fast-path scoring).
+        (each costs one fast-path scoring); None: every user active since then.
     keep_fast
         Share of the fast vectors kept after a promotion (`consolidation.reload`).
 
@@ -244,11 +259,11 @@ class FastSlowPolicy(Consolidating, Recommender):
     2
     """
 
-    name = "fast-slow-consolidating"
+    name = "fast-slow"
 
     def __init__(self, model: FastSlow, every: int = 20_000, sample_size: int = 4_000, recent_fraction: float = 0.5,
                  config: ConsolidationConfig = ConsolidationConfig(epochs=1, fisher_samples=2_000),
-                 distill_k: int = 10, distill_weight: float = DEFAULT_WEIGHT, distill_users: int = 200,
+                 distill_k: int = 10, distill_weight: float = DEFAULT_WEIGHT, distill_users: int | None = 200,
                  distill_id_share: float = DEFAULT_ID_SHARE, keep_fast: float = KEEP_FAST, registry: ModelRegistry | None = None) -> None:
         self.model = model
         self.every = every
@@ -318,12 +333,27 @@ def ewc(seed: int = 0) -> EwcPolicy:
     return EwcPolicy(SlowRanker(seed=seed), config=ConsolidationConfig(seed=seed))
 
 
-def fast_slow_consolidating(seed: int = 0) -> FastSlowPolicy:
-    """Factory for `fastslow replay --policy fast-slow-consolidating`: cheap but real consolidations.
+def _product_settings() -> dict:
+    """The consolidation defaults of `fastslow.settings.Settings` (what a deployment runs unless
+    configured otherwise), read from the class so a replay does not depend on the environment."""
+    from fastslow.settings import Settings
 
-    Every 20k events: a 4k-event replay sample, the 200 most active users distilled, one
-    epoch, no MLflow. First 100k events, NDCG@10 against the plain FastSlow in the same
-    session: 0.10708 vs 0.10694 (synthetic 200k stream), 0.13857 vs 0.13829 (retail log);
-    replay speed about two thirds of the plain FastSlow's on the busy 2-core machine.
+    names = ("replay_sample_size", "replay_recent_fraction", "consolidation_epochs", "ewc_lambda", "ewc_gamma",
+             "gate_tolerance")
+    return {name: Settings.model_fields[name].default for name in names}
+
+
+def fast_slow(seed: int = 0) -> FastSlowPolicy:
+    """Factory for `fastslow replay --policy fast-slow`: the product as deployed.
+
+    The consolidation job with the product's defaults (`fastslow.settings.Settings`): replay
+    sample size and recent share, epochs, EWC lambda and gamma, gate tolerance; like the demo's
+    in-process job it distils every user active since the last promotion and swaps a promoted
+    model in with the reload watcher's ``keep_fast``. No MLflow tracking (the same
+    `run_consolidation` without the bookkeeping). The replay sets the schedule.
     """
-    return FastSlowPolicy(FastSlow(seed=seed), config=ConsolidationConfig(epochs=1, fisher_samples=2_000, seed=seed))
+    d = _product_settings()
+    config = ConsolidationConfig(epochs=d["consolidation_epochs"], ewc_lambda=d["ewc_lambda"], ewc_gamma=d["ewc_gamma"],
+                                 tolerance=d["gate_tolerance"], seed=seed)
+    return FastSlowPolicy(FastSlow(seed=seed), sample_size=d["replay_sample_size"],
+                          recent_fraction=d["replay_recent_fraction"], config=config, distill_users=None)

@@ -1,4 +1,4 @@
-"""The ``+features`` replay policies: `slow`, `finetune` and `fast-slow` reading Feast context.
+"""The ``+features`` replay policies: `slow`, `finetune` and `fast-slow-frozen` reading Feast context.
 
 Each learns exactly what its plain counterpart learns and additionally
 
@@ -10,7 +10,7 @@ Each learns exactly what its plain counterpart learns and additionally
 `slow+features` and `finetune+features` rank every item they have learned: the items the slow
 model has a row for by id + context, below them the ones it has none for (introduced after the
 warm-up) in the order of their context (`CatalogueScorer`, `models.slow.below_known`); their
-plain counterparts can rank only the items the slow model knows. `fast-slow+features` is a
+plain counterparts can rank only the items the slow model knows. `fast-slow-frozen+features` is a
 `models.fastslow.FastSlow` given a ``context`` provider: its fast path (item index, fast
 weights, slow score) then reads the slow model's id + context item vectors
 (`models.item_space`).
@@ -148,10 +148,10 @@ class FeatureFinetunePolicy(FeatureSlowPolicy, FinetunePolicy):
 
 
 class FeatureFastSlowPolicy(Recommender):
-    """`fast-slow` with context: a `FastSlow` reading online context (its ``context``) over a
+    """`fast-slow-frozen` with context: a `FastSlow` reading online context (its ``context``) over a
     slow model trained with context."""
 
-    name = "fast-slow+features"
+    name = "fast-slow-frozen+features"
 
     def __init__(self, feed: FeatureFeed, seed: int = 0) -> None:
         self.feed = feed
@@ -178,13 +178,13 @@ class FeatureFastSlowPolicy(Recommender):
 
 
 def make_feature_policy(name: str, feed: FeatureFeed, seed: int = 0) -> Recommender:
-    """The ``name+features`` policy over `feed` (`name` one of slow, finetune, fast-slow, ewc)."""
+    """The ``name+features`` policy over `feed` (`name` one of slow, finetune, fast-slow-frozen, ewc)."""
     spec = feed.spec.as_dict()
     if name == "slow":
         return FeatureSlowPolicy(SlowRanker(seed=seed, context=spec), feed)
     if name == "finetune":
         return FeatureFinetunePolicy(SlowRanker(seed=seed, context=spec), feed)
-    if name == "fast-slow":
+    if name == "fast-slow-frozen":
         return FeatureFastSlowPolicy(feed, seed)
     if name == "ewc":
         from evaluation.features_ewc import feature_ewc

@@ -1,7 +1,7 @@
 """`fastslow replay --features`: Feast context for the policies that can read it, set up per replay.
 
 With ``--features`` every context-capable policy P named on the command line (`slow`,
-`finetune`, `ewc`, `fast-slow`) also runs as ``P+features`` on the same stream, so NDCG@k with
+`finetune`, `ewc`, `fast-slow-frozen`) also runs as ``P+features`` on the same stream, so NDCG@k with
 and without features come out of one run side by side. Each ``+features`` policy gets
 
 * a feature repository of its own: a copy of one repository applied once per replay
@@ -43,7 +43,7 @@ from models.base import Recommender
 logger = logging.getLogger(__name__)
 
 #: Policies that read context; ``--features`` adds ``NAME+features`` for each of them.
-CONTEXT_POLICIES = ("slow", "finetune", "ewc", "fast-slow")
+CONTEXT_POLICIES = ("slow", "finetune", "ewc", "fast-slow-frozen")
 SUFFIX = "+features"
 #: Events per push in the replay (the worker pushes one polled batch at a time).
 DEFAULT_BATCH = 256
@@ -52,8 +52,8 @@ DEFAULT_BATCH = 256
 def with_feature_variants(policies: list[str]) -> list[str]:
     """The policies plus ``P+features`` right after each context-capable P.
 
-    >>> with_feature_variants(["popularity", "slow", "fast-slow"])
-    ['popularity', 'slow', 'slow+features', 'fast-slow', 'fast-slow+features']
+    >>> with_feature_variants(["popularity", "slow", "fast-slow-frozen"])
+    ['popularity', 'slow', 'slow+features', 'fast-slow-frozen', 'fast-slow-frozen+features']
     """
     out = []
     for name in policies:

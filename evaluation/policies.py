@@ -14,15 +14,20 @@ from models.base import Recommender
 POLICIES: dict[str, str] = {
     "popularity": "evaluation.peers:popularity",
     "itemknn": "evaluation.peers:itemknn",
+    "recency-knn": "evaluation.peers:recency_knn",
+    "sr": "evaluation.peers:sequential_rules",
     "river-mf": "evaluation.river_mf:river_mf",
     "implicit-als": "evaluation.als:implicit_als",
     "slow": "evaluation.ablations:slow",
     "finetune": "evaluation.ablations:finetune",
     "ewc": "consolidation.policy:ewc",
     "fast-only": "models.fastslow:fast_only",
-    "fast-slow": "models.fastslow:fast_slow",
-    "fast-slow-consolidating": "consolidation.policy:fast_slow_consolidating",
+    "fast-slow-frozen": "models.fastslow:fast_slow_frozen",
+    "fast-slow": "consolidation.policy:fast_slow",
 }
+
+#: The peers: what practitioners use today, the bar for the product (the JSON's ``best_peer``).
+PEERS = ("popularity", "itemknn", "recency-knn", "sr", "river-mf", "implicit-als")
 
 
 def make_policy(name: str, seed: int = 0) -> Recommender:
@@ -33,7 +38,7 @@ def make_policy(name: str, seed: int = 0) -> Recommender:
     >>> make_policy("nope")
     Traceback (most recent call last):
     ...
-    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: ewc, fast-only, fast-slow, fast-slow-consolidating, finetune, implicit-als, itemknn, popularity, river-mf, slow
+    fastslow.errors.ConfigError: setting --policy='nope' is invalid: expected one of: ewc, fast-only, fast-slow, fast-slow-frozen, finetune, implicit-als, itemknn, popularity, recency-knn, river-mf, slow, sr
     """
     target = POLICIES.get(name)
     if target is None:

@@ -1,14 +1,18 @@
 """The prequential (test-then-learn) protocol every quality number in fastslow comes from.
 
 1. Events are sorted by timestamp, stable for ties (`EventStream`).
-2. The first `warmup` fraction is learn-only (`Recommender.learn_warmup`).
-3. For every later event (u, i, t) the policy ranks its top-k for u over every item it has
-   learned (= every item seen before t), excluding the items u already interacted with
-   unless `include_seen`. HR@k = 1 if i is in the list; NDCG@k = 1/log2(rank + 2) with rank
-   counted from 0. Every post-warm-up event is in the denominator: one whose item was never
-   seen, or was already interacted with by u, is a miss.
-4. Then the policy learns the event through `learn_one`, the same call the streaming
-   worker makes.
+2. Consecutive events with equal timestamps are one *step* (``ties="group"``, the default;
+   `steps`): none of them informs another's ranking. ``ties="order"`` makes every event its
+   own step, for logs whose file order within a timestamp is real.
+3. The first `warmup` fraction (an event index) is learn-only (`Recommender.learn_warmup`).
+   A step that straddles that index is learned after its post-warm-up events are ranked.
+4. For every post-warm-up event (u, i, t) of a step the policy ranks its top-k for u over
+   every item it has learned (= every item seen before the step), excluding the items u
+   interacted with before the step unless `include_seen`. HR@k = 1 if i is in the list;
+   NDCG@k = 1/log2(rank + 2) with rank counted from 0. Every post-warm-up event is in the
+   denominator: one whose item was never seen, or was already interacted with by u, is a miss.
+5. Then the policy learns the step's events, in file order, through `learn_one`, the same
+   call the streaming worker makes.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evaluation.stream import EventStream
+from fastslow.errors import ConfigError
 from models.base import Recommender
 
 logger = logging.getLogger(__name__)
+
+#: How events that share a timestamp are stepped through (`steps`); the first is the default.
+TIES = ("group", "order")
 
 #: Called after each evaluated event with (event index, top-k list); used for adaptation metrics.
 Observer = Callable[[int, list[str]], None]
@@ -82,8 +90,27 @@ def gain(rank: int) -> float:
     return 1.0 / math.log2(rank + 2)
 
 
+def steps(timestamps: np.ndarray, ties: str = "group") -> np.ndarray:
+    """Start index of every step of a time-sorted stream, then its length (protocol, point 2).
+
+    ``ties="group"``: consecutive equal timestamps are one step; ``"order"``: one event each.
+
+    >>> steps(np.array([1.0, 1.0, 2.0, 3.0, 3.0, 3.0])).tolist()
+    [0, 2, 3, 6]
+    >>> steps(np.array([1.0, 1.0, 2.0]), "order").tolist()
+    [0, 1, 2, 3]
+    """
+    if ties not in TIES:
+        raise ConfigError("--ties", ties, "one of: " + ", ".join(TIES))
+    n = len(timestamps)
+    if ties == "order":
+        return np.arange(n + 1)
+    change = np.flatnonzero(np.diff(np.asarray(timestamps)) != 0) + 1
+    return np.concatenate([[0], change, [n]]).astype(np.int64)
+
+
 def prequential(stream: EventStream, policy: Recommender, *, k: int = 10, warmup: float = 0.2,
-                include_seen: bool = False, observer: Observer | None = None,
+                include_seen: bool = False, ties: str = "group", observer: Observer | None = None,
                 progress: Callable[[int], None] | None = None) -> PolicyResult:
     """Run the protocol for one policy over `stream` and return its per-event results.
 
@@ -102,31 +129,39 @@ def prequential(stream: EventStream, policy: Recommender, *, k: int = 10, warmup
     """
     n = len(stream)
     n_warm = warmup_size(n, warmup)
+    bounds = steps(stream.timestamps, ties)
+    # the step holding event n_warm starts the test part; its warm-up events are learned with it
+    first = int(np.searchsorted(bounds, n_warm, side="right")) - 1 if n_warm < n else len(bounds) - 1
+    learn_from = int(bounds[first])
     started = time.perf_counter()
-    policy.learn_warmup(*stream.slice(0, n_warm).columns())
+    policy.learn_warmup(*stream.slice(0, learn_from).columns())
     warm_seconds = time.perf_counter() - started
 
     history: dict[str, set[str]] = {}
-    for u, i in zip(stream.user_codes[:n_warm], stream.item_codes[:n_warm]):
+    for u, i in zip(stream.user_codes[:learn_from], stream.item_codes[:learn_from]):
         history.setdefault(stream.user_names[u], set()).add(stream.item_names[i])
 
     hits = np.zeros(n - n_warm)
     gains = np.zeros(n - n_warm)
     users, items, type_names = stream.user_names, stream.item_names, stream.type_names
+    user_codes, item_codes = stream.user_codes, stream.item_codes
     started = time.perf_counter()
-    for pos, n_event in enumerate(range(n_warm, n)):
-        user, item = users[stream.user_codes[n_event]], items[stream.item_codes[n_event]]
-        seen = history.setdefault(user, set())
-        top = policy.recommend(user, k, exclude=() if include_seen else seen)
-        if item in top:
-            rank = top.index(item)
-            hits[pos], gains[pos] = 1.0, gain(rank)
-        if observer is not None:
-            observer(n_event, top)
-        policy.learn_one(user, item, float(stream.timestamps[n_event]),
-                         type_names[stream.type_codes[n_event]], float(stream.values[n_event]))
-        seen.add(item)
-        if progress is not None:
-            progress(1)
+    for start, stop in zip(bounds[first:-1].tolist(), bounds[first + 1:].tolist()):
+        for n_event in range(max(start, n_warm), stop):
+            user, item = users[user_codes[n_event]], items[item_codes[n_event]]
+            seen = history.get(user, ())
+            top = policy.recommend(user, k, exclude=() if include_seen else seen)
+            if item in top:
+                pos = n_event - n_warm
+                hits[pos], gains[pos] = 1.0, gain(top.index(item))
+            if observer is not None:
+                observer(n_event, top)
+        for n_event in range(start, stop):
+            user, item = users[user_codes[n_event]], items[item_codes[n_event]]
+            policy.learn_one(user, item, float(stream.timestamps[n_event]),
+                             type_names[stream.type_codes[n_event]], float(stream.values[n_event]))
+            history.setdefault(user, set()).add(item)
+        if progress is not None and stop > n_warm:
+            progress(stop - max(start, n_warm))
     return PolicyResult(name=policy.name, k=k, hits=hits, gains=gains,
                         seconds=time.perf_counter() - started, warmup_seconds=warm_seconds)

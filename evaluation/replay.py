@@ -12,7 +12,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from evaluation.adaptation import AdaptationTracker
-from evaluation.policies import make_policy
+from evaluation.policies import PEERS, make_policy
 from evaluation.protocol import PolicyResult, prequential, warmup_size
 from evaluation.stream import EventStream
 from models.base import Recommender
@@ -38,33 +38,80 @@ def _progress_bar(disable: bool) -> Progress:
                     disable=disable, transient=False)
 
 
+#: Consolidations a consolidating policy (`ewc`, `fast-slow`) runs over the scored part by default.
+CONSOLIDATIONS = 5
+
+
+def consolidation_every(scored: int, count: int = CONSOLIDATIONS) -> int:
+    """Learned events between consolidations so that `count` of them fall inside `scored` events
+    (none at the very end, where nothing would be scored after it).
+
+    >>> consolidation_every(80_000), consolidation_every(6), consolidation_every(0)
+    (13334, 2, 1)
+    """
+    return scored // (count + 1) + 1
+
+
+def best_peer(summaries: dict[str, dict], k: int) -> dict | None:
+    """The peer (`evaluation.policies.PEERS`) with the highest NDCG@k among `summaries`, or None.
+
+    >>> best_peer({"itemknn": {"ndcg@10": 0.05}, "sr": {"ndcg@10": 0.06}, "slow": {"ndcg@10": 0.9}}, 10)
+    {'name': 'sr', 'ndcg@10': 0.06}
+    """
+    key = f"ndcg@{k}"
+    peers = [(name, entry[key]) for name, entry in summaries.items() if name in PEERS]
+    if not peers:
+        return None
+    name, value = max(peers, key=lambda p: p[1])
+    return {"name": name, key: value}
+
+
+def vs_best_peer(ndcg: float, best: dict | None, k: int) -> float | None:
+    """A policy's NDCG@k over the best peer's (None without a peer or when the best scored 0).
+
+    >>> vs_best_peer(0.12, {"name": "sr", "ndcg@10": 0.04}, 10)
+    3.0
+    """
+    if best is None or not best[f"ndcg@{k}"]:
+        return None
+    return round(ndcg / best[f"ndcg@{k}"], 4)
+
+
 def run_replay(stream: EventStream, policies: list[str], *, k: int = 10, warmup: float = 0.2,
-               include_seen: bool = False, truth=None, seed: int = 0, source: str = "",
-               show_progress: bool = True, make: Callable[..., Recommender] = make_policy) -> ReplayReport:
+               include_seen: bool = False, ties: str = "group", consolidate_every: int | None = None,
+               truth=None, seed: int = 0, source: str = "", show_progress: bool = True,
+               make: Callable[..., Recommender] = make_policy) -> ReplayReport:
     """Replay `stream` through each named policy; every policy sees exactly the same events.
 
     ``make(name, seed=seed)`` builds each policy (`evaluation.features_replay` passes one that
     knows the ``+features`` names); a policy with a ``report()`` method adds its dict to its
-    JSON entry.
+    JSON entry. A policy that consolidates on a schedule (``reschedule(every)``: `ewc`,
+    `fast-slow`) does so every `consolidate_every` learned events, by default
+    `consolidation_every` of the scored part. Results are keyed by the names asked for.
     """
     n_warm = warmup_size(len(stream), warmup)
+    every = consolidate_every or consolidation_every(len(stream) - n_warm)
     results = []
     trackers = {}
     with _progress_bar(not show_progress) as bar:
         for name in policies:
             policy = make(name, seed=seed)
+            if hasattr(policy, "reschedule"):
+                policy.reschedule(every)
             task = bar.add_task(f"{name:>13}", total=len(stream) - n_warm, rate="-")
             tracker = AdaptationTracker(truth, stream, n_warm) if truth is not None else None
-            done = {"n": 0}
+            done = {"n": 0, "shown": 0}
 
             def advance(step: int, task=task, done=done) -> None:
                 done["n"] += step
-                if done["n"] % 500 == 0:
+                if done["n"] - done["shown"] >= 500:
                     elapsed = bar.tasks[task].elapsed or 1e-9
-                    bar.update(task, advance=500, rate=f"{done['n'] / elapsed:,.0f}")
+                    bar.update(task, completed=done["n"], rate=f"{done['n'] / elapsed:,.0f}")
+                    done["shown"] = done["n"]
 
-            result = prequential(stream, policy, k=k, warmup=warmup, include_seen=include_seen,
+            result = prequential(stream, policy, k=k, warmup=warmup, include_seen=include_seen, ties=ties,
                                  observer=tracker, progress=advance)
+            result.name = name
             bar.update(task, completed=len(stream) - n_warm,
                        rate=f"{result.evaluated / max(result.seconds, 1e-9):,.0f}")
             if tracker is not None:
@@ -74,12 +121,18 @@ def run_replay(stream: EventStream, policies: list[str], *, k: int = 10, warmup:
             results.append(result)
             trackers[name] = tracker
             logger.info("%s: hr@%d=%.4f ndcg@%d=%.4f", name, k, result.hr, k, result.ndcg)
+    summaries = {r.name: r.summary() for r in results}
+    best = best_peer(summaries, k)
+    for r in results:
+        summaries[r.name]["vs_best_peer"] = vs_best_peer(summaries[r.name][f"ndcg@{k}"], best, k)
     document = {
         "protocol": {"k": k, "warmup": warmup, "include_seen": include_seen,
-                     "warmup_events": n_warm, "order": "timestamp, stable", "seed": seed},
+                     "warmup_events": n_warm, "order": "timestamp, stable", "ties": ties,
+                     "consolidate_every": every, "seed": seed},
         "dataset": {"source": source, "events": len(stream), "users": stream.n_users,
                     "items": stream.n_items},
-        "policies": {r.name: r.summary() for r in results},
+        "best_peer": best,
+        "policies": summaries,
     }
     return ReplayReport(document=document, results=results, stream=stream)
 

@@ -677,9 +677,16 @@ class FastSlow(Recommender):
             self.__dict__.setdefault(name, None)
 
 
-def fast_slow(seed: int = 0) -> FastSlow:
-    """Factory used by `fastslow replay --policy fast-slow`."""
-    return FastSlow(seed=seed)
+class FastSlowFrozen(FastSlow):
+    """The `fast-slow-frozen` ablation: the FastSlow whose slow model is never consolidated
+    (the product, `fast-slow` in replay, consolidates on a schedule: `consolidation.policy`)."""
+
+    name = "fast-slow-frozen"
+
+
+def fast_slow_frozen(seed: int = 0) -> FastSlowFrozen:
+    """Factory used by `fastslow replay --policy fast-slow-frozen`."""
+    return FastSlowFrozen(seed=seed)
 
 
 class FastOnly(FastSlow):

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from evaluation.peers import ItemKNN, Popularity
+from evaluation.policies import make_policy
 from evaluation.protocol import prequential, warmup_size
 from evaluation.replay import run_replay
 from evaluation.stream import EventStream
@@ -78,3 +79,114 @@ def test_replay_json_follows_k_and_reports_every_policy():
     assert doc["dataset"] == {"source": "", "events": 10, "users": 5, "items": 3}
     assert doc["policies"]["popularity"]["hr@2"] == pytest.approx(4 / 6, abs=1e-6)
     assert set(doc["policies"]["itemknn"]) >= {"hr@2", "ndcg@2", "evaluated", "events_per_s"}
+
+
+class Recorder(Popularity):
+    """Popularity that logs every call the protocol makes, and the lists it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def learn_warmup(self, users, items, timestamps, event_types, values) -> None:
+        self.calls.append(("warmup", list(items)))
+        for item in items:
+            self._items.add(item)
+
+    def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
+        self.calls.append(("learn", user_id, item_id))
+        super().learn_one(user_id, item_id, timestamp, event_type, value)
+
+    def recommend(self, user_id, k, exclude=()) -> list[str]:
+        top = super().recommend(user_id, k, exclude)
+        self.calls.append(("rank", user_id, sorted(exclude), top))
+        return top
+
+
+# warm-up: 0 a x | 1 b y (two of five events); then 2 c z and 3 c z share second 5, 4 d z at second 6
+TIED = [("a", "x", 0), ("b", "y", 1), ("c", "z", 5), ("c", "z", 5), ("d", "z", 6)]
+
+
+def test_tied_events_are_one_step_under_group_and_file_order_under_order():
+    grouped = Recorder()
+    r = prequential(_log(TIED), grouped, k=3, warmup=0.4)
+    # both c->z are ranked against the state before second 5: z unseen, c had nothing
+    assert grouped.calls == [
+        ("warmup", ["x", "y"]),
+        ("rank", "c", [], ["x", "y"]), ("rank", "c", [], ["x", "y"]),
+        ("learn", "c", "z"), ("learn", "c", "z"),
+        ("rank", "d", [], ["z", "x", "y"]), ("learn", "d", "z")]
+    assert r.hits.tolist() == [0, 0, 1]
+
+    ordered = Recorder()
+    r = prequential(_log(TIED), ordered, k=3, warmup=0.4, ties="order")
+    # the second c->z sees the first: z is known now, but c already had it (excluded)
+    assert ordered.calls[1:4] == [("rank", "c", [], ["x", "y"]), ("learn", "c", "z"),
+                                  ("rank", "c", ["z"], ["x", "y"])]
+    assert r.hits.tolist() == [0, 0, 1]
+    # a third user at second 5 (file order after c) is where order and group differ in score
+    log = TIED[:3] + [("e", "z", 5)] + TIED[4:]
+    assert prequential(_log(log), Popularity(), k=3, warmup=0.4).hits.tolist() == [0, 0, 1]
+    ordered = prequential(_log(log), Popularity(), k=3, warmup=0.4, ties="order")
+    assert ordered.hits.tolist() == [0, 1, 1]
+    assert ordered.gains.tolist() == pytest.approx([0, 1 / math.log2(4), 1])
+
+
+def test_a_step_straddling_the_warmup_boundary_is_learned_after_its_scored_events():
+    # 0 a x | 1 b y | 2 c y | 3 d y | 4 e x; warm-up = 2 events, but events 1 and 2 share second 1
+    log = [("a", "x", 0), ("b", "y", 1), ("c", "y", 1), ("d", "y", 2), ("e", "x", 3)]
+    grouped = Recorder()
+    r = prequential(_log(log), grouped, k=2, warmup=0.4)
+    assert r.evaluated == 3                       # the boundary stays an event index
+    assert grouped.calls[:4] == [("warmup", ["x"]), ("rank", "c", [], ["x"]),
+                                 ("learn", "b", "y"), ("learn", "c", "y")]
+    # c->y: y unseen before the step -> miss; d->y: y=2, x=1 -> rank 0; e->x: y=3, x=1 -> rank 1
+    assert r.hits.tolist() == [0, 1, 1]
+    assert r.gains.tolist() == pytest.approx([0, 1, 1 / math.log2(3)])
+    ordered = prequential(_log(log), Popularity(), k=2, warmup=0.4, ties="order")
+    # b->y is warm-up: c->y finds x=1, y=1 -> [x, y], rank 1
+    assert ordered.gains.tolist() == pytest.approx([1 / math.log2(3), 1, 1 / math.log2(3)])
+
+
+def test_unknown_ties_mode_is_a_config_error():
+    from fastslow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--ties"):
+        prequential(_log(LOG), Popularity(), ties="random")
+
+
+class Oracle(Popularity):
+    """Knows the next item: puts it first (what a perfect policy scores: NDCG 1)."""
+
+    def __init__(self, future: list[str]) -> None:
+        super().__init__()
+        self.future = list(future)
+
+    def recommend(self, user_id, k, exclude=()) -> list[str]:
+        return [self.future.pop(0)]
+
+
+def test_best_peer_and_vs_best_peer_arithmetic():
+    stream = _log(LOG)
+    future = [stream.item(n) for n in range(4, 10)]
+    make = lambda name, seed=0: Oracle(future) if name == "oracle" else make_policy(name, seed=seed)  # noqa: E731
+    report = run_replay(stream, ["popularity", "itemknn", "oracle"], k=2, warmup=0.4, show_progress=False,
+                        make=make)
+    doc, policies = report.document, report.document["policies"]
+    # popularity's NDCG@2 is (3 + 1/log2 3) / 6 (test above); the oracle is not a peer
+    pop = round((3 + 1 / math.log2(3)) / 6, 6)
+    knn = policies["itemknn"]["ndcg@2"]
+    assert policies["popularity"]["ndcg@2"] == pytest.approx(pop)
+    best = max([("popularity", pop), ("itemknn", knn)], key=lambda p: p[1])
+    assert doc["best_peer"] == {"name": best[0], "ndcg@2": best[1]}
+    assert policies["oracle"]["ndcg@2"] == 1.0
+    assert policies["oracle"]["vs_best_peer"] == round(1.0 / best[1], 4)
+    assert policies[best[0]]["vs_best_peer"] == 1.0
+    assert doc["protocol"]["ties"] == "group"
+
+
+def test_no_peer_run_means_no_best_peer():
+    report = run_replay(_log(LOG), ["oracle"], k=2, warmup=0.4, show_progress=False,
+                        make=lambda name, seed=0: Oracle([_log(LOG).item(n) for n in range(4, 10)]))
+    assert report.document["best_peer"] is None
+    assert report.document["policies"]["oracle"]["vs_best_peer"] is None
