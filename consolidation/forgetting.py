@@ -48,7 +48,7 @@ import pyarrow as pa
 from consolidation.evaluate import evaluate
 from consolidation.sampling import ReplaySample
 from consolidation.train import ConsolidationConfig
-from evaluation.protocol import gain
+from evaluation.protocol import gain, steps
 from fastslow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -93,18 +93,22 @@ def _probe_sample(table: pa.Table, chosen: np.ndarray, learned: np.ndarray, hist
     rows = np.flatnonzero(chosen)
     hist = np.full((len(rows), history), -1, dtype=np.int64)
     at = {int(r): n for n, r in enumerate(rows)}
-    for r, (u, i) in enumerate(zip(users, items)):
-        mine = recent.setdefault(u, [])
-        n = at.get(r)
-        if n is not None and mine:
-            past = mine[::-1][:history]
-            hist[n, : len(past)] = past
-        code = codes.setdefault(i, len(codes))
-        if not learned[r]:
-            continue
-        mine.append(code)
-        if len(mine) > history:
-            del mine[0]
+    # events sharing a timestamp are one step (the replay protocol's default): none is in another's history
+    bounds = steps(table.column("timestamp").cast(pa.int64()).to_numpy())
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        for r in range(start, stop):
+            mine, n = recent.get(users[r]), at.get(r)
+            if n is not None and mine:
+                past = mine[::-1][:history]
+                hist[n, : len(past)] = past
+        for r in range(start, stop):
+            code = codes.setdefault(items[r], len(codes))
+            if not learned[r]:
+                continue
+            mine = recent.setdefault(users[r], [])
+            mine.append(code)
+            if len(mine) > history:
+                del mine[0]
     pick = lambda name: np.array(table.column(name).take(pa.array(rows)).to_pylist(), dtype=object)  # noqa: E731
     times = table.column("timestamp").take(pa.array(rows)).cast(pa.int64()).to_numpy()
     return ReplaySample(pick("event_id"), pick("user_id"), pick("item_id"), times, pick("event_type"),
@@ -142,12 +146,16 @@ def split_tasks(table: pa.Table, tasks: int = 5, holdout: float = 0.1, history: 
             raise ConfigError("forgetting period cuts", list(cuts),
                               f"{tasks - 1} increasing row numbers, periods of 2 events or more")
     rng = np.random.default_rng(seed)
+    step_starts = steps(table.column("timestamp").cast(pa.int64()).to_numpy())
     chosen = np.zeros(table.num_rows, dtype=bool)
     learned = np.ones(table.num_rows, dtype=bool)
     period_of = np.zeros(table.num_rows, dtype=np.int64)
     trains = []
     for t, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         cut = end - max(1, int(round(holdout * (end - start))))
+        # the held-out tail starts a step: no learned event shares a timestamp with a held-out one
+        step_start = int(step_starts[np.searchsorted(step_starts, cut, side="right") - 1])
+        cut = step_start if step_start > start else cut
         trains.append(table.slice(start, cut - start))
         tail = np.arange(cut, end)
         learned[tail] = False
@@ -234,16 +242,21 @@ def returns(seasons: str) -> list[int]:
 
 
 def prequential_ndcg(policy, events, seen: dict[str, set], k: int = 10) -> float:
-    """Test-then-learn NDCG@k over ``events`` (tuples for ``learn_one``); ``seen`` grows as they are learned."""
+    """Test-then-learn NDCG@k over ``events`` (tuples for ``learn_one``); ``seen`` grows as they are learned.
+
+    Events sharing a timestamp are one step, as in the replay protocol: all ranked, then learned.
+    """
     total = 0.0
-    for event in events:
-        user, item = event[0], event[1]
-        past = seen.setdefault(user, set())
-        top = policy.recommend(user, k, exclude=past)
-        if item in top and item not in past:
-            total += gain(top.index(item))
-        policy.learn_one(*event)
-        past.add(item)
+    bounds = steps(np.array([event[2] for event in events], dtype=np.float64))
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        for user, item, *_ in events[start:stop]:
+            past = seen.get(user, ())
+            top = policy.recommend(user, k, exclude=past)
+            if item in top and item not in past:
+                total += gain(top.index(item))
+        for event in events[start:stop]:
+            policy.learn_one(*event)
+            seen.setdefault(event[0], set()).add(event[1])
     return total / len(events) if events else 0.0
 
 

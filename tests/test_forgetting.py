@@ -107,3 +107,33 @@ def test_consolidation_timing_reports_the_sample_and_its_phases():
     assert timing["sample_events"] == 500 and timing["threads"] == 1 and timing["epochs"] == 1
     assert {"sample", "examples", "fisher", "train", "evaluate", "consolidate"} <= set(timing["phases"])
     assert timing["seconds"] >= timing["phases"]["consolidate"]
+
+
+def _tied_log() -> pa.Table:
+    # second: 0 a x | 1 a y | 2 a z | 2 a w | 3 b x | 3 a v   (z and w one basket, as are x and v)
+    rows = [("a", "x", 0), ("a", "y", 1), ("a", "z", 2), ("a", "w", 2), ("b", "x", 3), ("a", "v", 3)]
+    return pa.table({"event_id": [str(n) for n in range(6)], "user_id": [r[0] for r in rows],
+                     "item_id": [r[1] for r in rows],
+                     "timestamp": pa.array([T0_MS + 1000 * r[2] for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+                     "event_type": ["click"] * 6, "value": [1.0] * 6})
+
+
+def test_events_sharing_a_timestamp_are_one_step_for_the_probes():
+    # holdout 0.5 would cut between z and w (same second): the held-out tail starts at the step
+    (part,) = split_tasks(_tied_log(), tasks=1, holdout=0.5, max_probes=None)
+    assert part.train.column("item_id").to_pylist() == ["x", "y"]
+    assert part.probes.items.tolist() == ["z", "w", "x", "v"]
+    assert [part.probes.history_of(n) for n in range(4)] == [["x", "y"], ["x", "y"], [], ["x", "y"]]
+
+
+def test_recurrence_ranks_a_step_before_learning_it():
+    from consolidation.forgetting import prequential_ndcg
+    from evaluation.peers import Popularity
+
+    policy, seen = Popularity(), {}
+    policy.learn_one("a", "x", 0.0)
+    # c->z and d->z share a second: z is unseen before the step for both (per event, d would hit)
+    events = [("c", "z", 5.0, "click", 1.0), ("d", "z", 5.0, "click", 1.0), ("e", "z", 6.0, "click", 1.0)]
+    assert prequential_ndcg(policy, events, seen, k=2) == pytest.approx(1 / 3)   # e->z: rank 0
+    assert seen == {"c": {"z"}, "d": {"z"}, "e": {"z"}}
+    assert policy.recommend("f", 2) == ["z", "x"]
