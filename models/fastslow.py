@@ -122,6 +122,10 @@ class FastSlow(Recommender):
         did next. 0 skips the warm-up scoring.
     served
         Users whose last shown list is kept for the gate to learn from (least recent dropped).
+    catalogue
+        Make every item of the slow model a candidate from the first request (a served
+        champion's whole catalogue, `register_catalogue`), again after each `use_ranker`;
+        False: only items the stream has shown this model (what a prequential replay ranks).
     expire_every
         Events between sweeps that expire idle users and old memory entries.
     fast, stats, gate
@@ -138,7 +142,7 @@ class FastSlow(Recommender):
                  memory_max_age: float = 7 * 86400.0, memory_half_life: float = 86400.0,
                  memory_per_user: int = 5,
                  flush_every: int = 4096, gate_every: int = 64, served: int = 1024, expire_every: int = 10_000, fast: dict | None = None,
-                 stats: dict | None = None, gate: dict | None = None, seed: int = 0) -> None:
+                 stats: dict | None = None, gate: dict | None = None, seed: int = 0, catalogue: bool = False) -> None:
         self.ranker = ranker
         self.fixed_gate = fixed_gate
         self.negatives = negatives
@@ -158,6 +162,7 @@ class FastSlow(Recommender):
         self.stats = stats
         self.gate = gate
         self.seed = seed
+        self.catalogue = catalogue
         self._ranker = ranker if ranker is not None else SlowRanker(seed=seed)
         self._fast = FastWeights(dim=self._ranker.dim, **(fast or {}))
         self._stats = StreamStats(**(stats or {}))
@@ -238,6 +243,23 @@ class FastSlow(Recommender):
             self._fast.scale_all(keep_fast)
         self._memory.rekey(self._memory_keys, train_vectors=ranker.item_vectors)
         self._served.clear()   # those lists were scored by the previous model
+        if getattr(self, "catalogue", False):   # (snapshots from before the option lack it)
+            self.register_catalogue()
+
+    def register_catalogue(self) -> int:
+        """Register every item of the slow model the stream has not shown yet (uncounted), so
+        the item index can return it; returns how many were added.
+
+        >>> ranker = SlowRanker(dim=4, epochs=1)
+        >>> _ = ranker.fit(ranker.build_examples(["u", "u", "v"], ["a", "b", "c"]))
+        >>> model = FastSlow(ranker=ranker)
+        >>> len(model.recommend("w", 3)), model.register_catalogue(), sorted(model.recommend("w", 3))
+        (0, 3, ['a', 'b', 'c'])
+        """
+        missing = np.flatnonzero(self._fast_rows < 0)
+        for item_id in self._ranker.items.ids_of(missing):
+            self._register(item_id)
+        return len(missing)
 
     def _memory_keys(self, entries) -> np.ndarray:
         """Memory keys under the current model: each entry's user vector as of now."""
@@ -480,6 +502,29 @@ class FastSlow(Recommender):
             parts.append(rows[rows >= 0])
         return sorted_unique(np.concatenate(parts).astype(np.int64, copy=False))
 
+    def _fill(self, rows: np.ndarray, excluded: np.ndarray | None, space: ItemSpace, query: np.ndarray,
+              k: int) -> np.ndarray:
+        """`rows` and more candidates, up to `k` if the model knows that many items outside
+        `excluded`: the item index's next nearest items to `query`, then the most popular lately
+        (then the lowest rows), so a list never comes back short while items are left."""
+        taken = np.zeros(self._stats.n_items + 1, dtype=bool) if excluded is None else excluded.copy()
+        taken[rows] = True
+        parts = [rows]
+        need = k - len(rows)
+        if len(space.index):
+            skip = space.rows[np.flatnonzero(taken[:-1])]
+            found, _ = space.index.search(query, need, exclude_rows=skip[skip >= 0].tolist())
+            found = space.items[found]
+            found = found[found >= 0]
+            found = found[~taken[found]]
+            taken[found] = True
+            parts.append(found)
+            need -= len(found)
+        if need > 0:
+            free = np.flatnonzero(~taken[:-1])
+            parts.append(free[np.argsort(-self._stats.recent_popularity(self.clock, free), kind="stable")[:need]])
+        return sorted_unique(np.concatenate(parts).astype(np.int64, copy=False))
+
     def _trending(self) -> np.ndarray:
         """The most popular items right now, recomputed at most every 100 events (it moves slowly)."""
         if self._trending_rows is None or self.events - self._trending_at >= 100:
@@ -506,18 +551,22 @@ class FastSlow(Recommender):
             np.count_nonzero(self._slow_rows[recent] >= 0) / len(recent) if len(recent) else 0.0,
         ])
 
-    def score(self, user_id: str, exclude: Collection[str] = ()) -> Scored:
-        """Score this user's candidates (items in `exclude` left out)."""
+    def score(self, user_id: str, exclude: Collection[str] = (), k: int = 0) -> Scored:
+        """Score this user's candidates (items in `exclude` left out): at least `k` of them
+        whenever the model knows `k` items outside `exclude` (`_fill`)."""
         self.flush()
         sig = self._signals(user_id)
         space = self._item_space()
         user = self._user_context(user_id, sig.base)
         rows = self._candidates(sig, space, user)
+        excluded = None
         if exclude:
             # a mask over the catalogue; its extra last slot takes the -1 of ids never seen
             excluded = np.zeros(self._stats.n_items + 1, dtype=bool)
             excluded[self._stats.items.lookup(exclude)] = True
             rows = rows[~excluded[rows]]
+        if len(rows) < k:
+            rows = self._fill(rows, excluded, space, user + sig.fast_vec, k)
         # with context, items the slow model has no id row for rank below those it has (below_known)
         slow, fast = candidate_features(rows, sig, space.rows, space.vectors, space.biases, user,
                                         known=self._slow_rows[rows] >= 0 if self._reads_item_context() else None)
@@ -527,15 +576,20 @@ class FastSlow(Recommender):
 
     def recommend(self, user_id, k, exclude=()) -> list[str]:
         """The top k for the user; the list is remembered so the user's next event teaches the gate."""
-        scored = self.score(user_id, exclude)
+        scored = self.score(user_id, exclude, k)
         self._remember_shown(scored)
         return self._stats.items.ids_of(scored.rows[scored.top(k)])
 
     def explain(self, user_id: str, k: int, exclude: Collection[str] = ()) -> list[Recommendation]:
-        """The top k with scores, fast/slow parts and a reason each (what `/recommend` returns)."""
-        scored = self.score(user_id, exclude)
+        """The top k with scores, fast/slow parts and a reason each (what `/recommend` returns).
+
+        A user the model has learned nothing about (no fast state, unknown to the slow model)
+        gets `models.scorer.FALLBACK` reasons: what they are shown is not personal yet.
+        """
+        scored = self.score(user_id, exclude, k)
         self._remember_shown(scored)
         recent = self._recent(user_id)[-self._stats.window:]
+        personal = user_id in self._fast or self.slow_knows(user_id)
         out = []
         for n in scored.top(k):
             row = int(scored.rows[n])
@@ -554,7 +608,7 @@ class FastSlow(Recommender):
             out.append(Recommendation(self._stats.items.id_of(row), float(scored.score[n]),
                                       float(scored.gate * scored.fast_score[n]),
                                       float(slow_weight * scored.slow[n]), scored.gate,
-                                      reason_for(signal, trigger, verb)))
+                                      reason_for(signal, trigger, verb, personal)))
         return out
 
     def _own_entries(self, user_id: str):

@@ -168,14 +168,26 @@ VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "pu
          "rating": "rated", "skip": "skipped"}
 
 
-def reason_for(signal: str, trigger: str | None, verb: str | None) -> str:
+FALLBACK = "fallback: "
+"""How a reason starts when the model knows nothing personal about the user yet."""
+
+
+def reason_for(signal: str, trigger: str | None, verb: str | None, personal: bool = True) -> str:
     """A short explanation for one recommended item.
+
+    ``personal=False`` (nothing learned about the user yet: no fast state, unknown to the slow
+    model) says the item is a fallback and why it was picked.
 
     >>> reason_for("transition", "X", "bought")
     'because you just bought X'
     >>> reason_for("memory", None, None)
     'popular right now with people like you'
+    >>> reason_for("slow", None, None, personal=False)
+    'fallback: liked by many (nothing learned about you yet)'
     """
+    if not personal:
+        what = "trending now" if signal == "recent_popularity" else "liked by many"
+        return f"{FALLBACK}{what} (nothing learned about you yet)"
     if signal in ("cooccurrence", "transition") and trigger is not None:
         return f"because you just {verb or 'viewed'} {trigger}"
     return {

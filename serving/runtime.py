@@ -161,7 +161,7 @@ class Runtime:
                                "train and promote the first one with `fastslow consolidate --events LOG` "
                                "(or run `fastslow demo`), then start `fastslow serve` again") from None
         logger.info("serving champion v%d of %s (%d items)", version, settings.model_name, len(ranker.items))
-        return cls(FastSlow(ranker=ranker), bootstrap=bootstrap, consume=consume, worker_id=worker_id,
+        return cls(FastSlow(ranker=ranker, catalogue=True), bootstrap=bootstrap, consume=consume, worker_id=worker_id,
                    data_dir=settings.data_dir, registry=registry, champion_version=version,
                    features=_feature_client(settings), poll_interval_s=settings.champion_poll_s,
                    worker_options={"rate_limit": rate_limit_of(settings.rate_limit_per_s, settings.rate_limit_burst)})
@@ -245,6 +245,7 @@ class Runtime:
             if worker.model is not self._model:
                 self._reconcile_restored(worker)
                 self._read_context(worker.model)
+                self._keep_catalogue(worker)
             worker.forget_users(list(self.deleted), deleted=True)
         except BaseException:
             worker.close(snapshot=False)
@@ -279,6 +280,14 @@ class Runtime:
                     self.champion_version)
         with worker.lock:
             worker.model.use_ranker(self._model.slow_model, keep_fast=KEEP_FAST)
+
+    def _keep_catalogue(self, worker: Worker) -> None:
+        """A restored model ranks over the whole catalogue when the one it replaced did (a
+        snapshot written before `FastSlow` had the option would not)."""
+        if getattr(self._model, "catalogue", False) and not getattr(worker.model, "catalogue", False):
+            with worker.lock:
+                worker.model.catalogue = True
+                worker.model.register_catalogue()
 
     def _after_batch(self, report) -> None:
         """Worker thread, after each batch: freshness, deleted users applied again forgotten, the

@@ -44,8 +44,9 @@ class NoChampionModel(FastslowError):
 def champion_fastslow(tracking_uri: str, model_name: str, **options) -> tuple[int, FastSlow]:
     """``(version, FastSlow)``: a fresh fast path over the champion slow ranker.
 
-    ``options`` go to `FastSlow` (its defaults are the product's). Raises `NoChampionModel`
-    when no version holds the ``champion`` alias. The ranker is ``model.slow_model``.
+    ``options`` go to `FastSlow` (its defaults are the product's; ``catalogue=True`` unless
+    given: the champion's whole catalogue is a candidate from the first request). Raises
+    `NoChampionModel` when no version holds the ``champion`` alias. The ranker is ``model.slow_model``.
     """
     from consolidation.registry import ModelRegistry, NoChampionError
     from models.fastslow import FastSlow
@@ -59,7 +60,7 @@ def champion_fastslow(tracking_uri: str, model_name: str, **options) -> tuple[in
         raise NoChampionModel(model_name, tracking_uri) from None
     logger.info("fast path over champion %s v%d (%d items, dim %d) from %s", model_name, version,
                 len(ranker.items), ranker.dim, tracking_uri)
-    return version, FastSlow(ranker=ranker, **options)
+    return version, FastSlow(ranker=ranker, **{"catalogue": True, **options})
 
 
 def same_slow_model(a, b) -> bool:
