@@ -50,6 +50,7 @@ BENCHES: list[tuple[str, str]] = [
     ("ingest", "streaming.bench:bench_ingest"),
     ("serve", "serving.bench:bench_serve"),
     ("forgetting", "consolidation.bench:bench_forgetting"),
+    ("permuted-digits", "evaluation.bench_digits:bench_permuted_digits"),
     ("faults", "infra.bench_faults:bench_faults"),
 ]
 # Sub-applications (typer.Typer objects) mounted under a name, e.g. `fastslow features apply`.

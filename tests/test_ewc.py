@@ -95,6 +95,16 @@ def test_penalty_is_zero_at_the_anchor_and_grows_quadratically():
     assert math.isclose(step(2.0), 4 * step(1.0), rel_tol=1e-6)
 
 
+def test_penalty_grows_with_the_fisher_of_each_moved_entry():
+    anchors = {"weight": torch.tensor([[1.0, -1.0]])}
+    moved = {"weight": torch.tensor([[2.0, 1.0]])}          # distances 1 and 2
+    penalty = lambda f: ewc_penalty(moved, anchors, {"weight": torch.tensor([f])}, lam=2.0).item()
+    assert penalty([0.0, 0.0]) == 0.0                       # no evidence that anything matters: free to move
+    assert math.isclose(penalty([3.0, 0.0]), 3.0)           # lam/2 * 3 * 1^2
+    assert math.isclose(penalty([3.0, 5.0]), 3.0 + 5.0 * 4)  # + lam/2 * 5 * 2^2
+    assert math.isclose(penalty([6.0, 10.0]), 2 * penalty([3.0, 5.0]))   # linear in F
+
+
 def test_penalty_ignores_rows_added_after_the_anchor():
     anchors = {"emb": torch.tensor([[1.0], [2.0]])}
     fisher = {"emb": torch.tensor([[4.0], [1.0]])}
