@@ -5,7 +5,8 @@
    present, else a synthetic stream) and register it in MLflow as the champion;
 3. start the worker and the HTTP API in this process, warm the fast path on the same prefix;
 4. stream the rest of the log through Kafka at a steady rate, asking `/recommend` for each
-   probed user *before* producing their event (test-then-learn), while a live view shows
+   probed user *before* producing their event (test-then-learn; events sharing a timestamp are
+   one step, as in `fastslow replay`: all of a step's probes come first), while a live view shows
    events/s, consumer lag, freshness, rolling HR@10 and the champion version;
 5. halfway, consolidate (replay + EWC + distillation of the fast path) and promote or refuse,
    with the reason; the running API hot-swaps a promoted model;
@@ -139,6 +140,7 @@ class Demo:
     def _produce(self) -> None:
         from streaming.kafka import TOPIC_INTERACTIONS, make_producer
         from streaming.partitioning import user_key
+        from evaluation.protocol import steps
         from streaming.producer import TokenBucket, event_values
 
         producer = make_producer(self.broker.bootstrap)
@@ -146,15 +148,20 @@ class Demo:
             bucket = TokenBucket(self.config.rate)
             users = self.stream.column("user_id").to_pylist()
             items = self.stream.column("item_id").to_pylist()
-            previous = _previous_event(users)
+            starts = steps(pc.cast(self.stream.column("timestamp"), pa.int64()).to_numpy()).tolist()
+            previous = _previous_event(users, starts)
+            step = 0
             for n, value in enumerate(event_values(self.stream)):
                 if self._stop.is_set():
                     break
-                if n % self.config.probe_every == 0:
-                    # a person's next click comes seconds after the last one, not the 2 ms the
-                    # compressed log leaves: let the worker apply the user's previous event first
-                    self._wait_applied(previous[n] + 1, timeout=0.5)
-                    self.stats.probe(items[n] in self._top10(users[n]))
+                if n == starts[step]:   # a new step: its probes before any of its events
+                    step += 1
+                    for m in range(n, starts[step]):
+                        if m % self.config.probe_every == 0:
+                            # a person's next click comes seconds after the last one, not the 2 ms the
+                            # compressed log leaves: let the worker apply the user's previous event first
+                            self._wait_applied(previous[m] + 1, timeout=0.5)
+                            self.stats.probe(items[m] in self._top10(users[m]))
                 bucket.take(1)
                 producer.send(TOPIC_INTERACTIONS, key=user_key(users[n]), value=value)
                 self.stats.produced = n + 1
@@ -340,17 +347,25 @@ class Demo:
         self.stack.close()
 
 
-def _previous_event(users: list[str]) -> np.ndarray:
-    """Per event, the position of the same user's previous event in the stream (-1 if none).
+def _previous_event(users: list[str], starts: list[int] | None = None) -> np.ndarray:
+    """Per event, the position of the same user's last event in an earlier step (-1 if none).
+
+    ``starts``: where each step starts, then the length (`evaluation.protocol.steps`); default
+    one event per step.
 
     >>> _previous_event(["a", "b", "a", "a"]).tolist()
     [-1, -1, 0, 2]
+    >>> _previous_event(["a", "b", "a", "a"], [0, 2, 4]).tolist()   # events 2 and 3 are one step
+    [-1, -1, 0, 0]
     """
+    starts = list(range(len(users) + 1)) if starts is None else starts
     last: dict[str, int] = {}
     out = np.full(len(users), -1, dtype=np.int64)
-    for n, user in enumerate(users):
-        out[n] = last.get(user, -1)
-        last[user] = n
+    for start, stop in zip(starts[:-1], starts[1:]):
+        for n in range(start, stop):
+            out[n] = last.get(users[n], -1)
+        for n in range(start, stop):
+            last[users[n]] = n
     return out
 
 
