@@ -86,11 +86,13 @@ def plot_forgetting(results: dict, path: Path) -> None:
         ax.set_ylabel("after learning period j")
     summary = [results[n].summary() for n in names]
     x = np.arange(len(names))
-    axes[-1].bar(x - 0.2, [s["acc"] for s in summary], 0.4, label="ACC")
-    axes[-1].bar(x + 0.2, [s["bwt"] for s in summary], 0.4, label="BWT")
+    bars = [("ACC", "acc"), ("BWT", "bwt")] + ([("recurrence", "recurrence")] if "recurrence" in summary[0] else [])
+    width = 0.8 / len(bars)
+    for n, (label, key) in enumerate(bars):
+        axes[-1].bar(x + (n - (len(bars) - 1) / 2) * width, [s[key] for s in summary], width, label=label)
     axes[-1].axhline(0.0, color="black", linewidth=0.5)
     axes[-1].set_xticks(x, names, rotation=30)
-    axes[-1].set_title("NDCG@10: ACC and BWT")
+    axes[-1].set_title("NDCG@10: " + ", ".join(label for label, _ in bars))
     axes[-1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -103,12 +105,13 @@ def _print_tables(results: dict) -> None:
 
     console = Console(stderr=True)
     summary = Table(title="forgetting (NDCG@10)")
-    for column in ("method", "ACC", "BWT", "seconds", "promoted"):
+    for column in ("method", "ACC", "BWT", "recurrence", "seconds", "promoted"):
         summary.add_column(column)
     for name, r in results.items():
         s = r.summary()
         promoted = sum(c["promoted"] for c in s["consolidations"])
-        summary.add_row(name, f"{s['acc']:.4f}", f"{s['bwt']:+.4f}", f"{s['seconds']:.0f}",
+        summary.add_row(name, f"{s['acc']:.4f}", f"{s['bwt']:+.4f}",
+                        f"{s['recurrence']:.4f}" if "recurrence" in s else "-", f"{s['seconds']:.0f}",
                         f"{promoted}/{len(s['consolidations'])}" if s["consolidations"] else "-")
     console.print(summary)
     for name, r in results.items():
@@ -121,9 +124,30 @@ def _print_tables(results: dict) -> None:
         console.print(table)
 
 
+def season_cuts(events: Path, table) -> tuple[str, list[int] | None]:
+    """A seasonal synthetic log's season letters and the rows where periods 1.. start ("", None otherwise).
+
+    Read from the ground-truth sidecar `fastslow synth` writes next to the log (none: no seasons).
+    """
+    import numpy as np
+
+    from evaluation.synth_truth import TruthNotFoundError, load_truth
+
+    try:
+        seasons = load_truth(events).seasons
+    except TruthNotFoundError:
+        return "", None
+    if not seasons:
+        return "", None
+    times = table.column("timestamp").cast("int64").to_numpy()
+    starts = np.array([s.start for s in seasons[1:]]) * 1000
+    return "".join(s.season for s in seasons), np.searchsorted(times, starts, side="left").tolist()
+
+
 def bench_forgetting(
     events: Annotated[Path, typer.Argument(help="Event log: CSV, CSV.gz, Parquet or JSON Lines.")],
-    tasks: Annotated[int, typer.Option(min=2, help="Consecutive periods to learn in order.")] = 5,
+    tasks: Annotated[Optional[int], typer.Option(min=2, help="Consecutive periods to learn in order (default 5; "
+                                                 "a seasonal synthetic log: its seasons).")] = None,
     method: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="finetune, ewc, replay, fast-slow "
                                                                                "(repeat; default all).")] = None,
     holdout: Annotated[float, typer.Option(min=0.01, max=0.5, help="Held-out tail of each period.")] = 0.1,
@@ -134,6 +158,8 @@ def bench_forgetting(
     ewc_lambda: Annotated[Optional[float], typer.Option(min=0.0, help="EWC strength [settings].")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N events of the log.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every method.")] = 0,
+    recurrence_events: Annotated[int, typer.Option(min=1, help="Events scored test-then-learn when a season "
+                                                   "returns (seasonal synthetic logs).")] = 1000,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the matrices and ACC/BWT bars to this PNG.")] = None,
     consolidation_1m: Annotated[bool, typer.Option("--consolidation-1m", help="Also time one consolidation on a "
                                                    "1M-event replay sample (from the log, or a synthetic stream).")] = False,
@@ -160,16 +186,21 @@ def bench_forgetting(
     table = iter_event_batches(events, columns, on_error=on_error).read_all()
     if limit is not None:
         table = table.slice(0, limit)
+    seasons, cuts = season_cuts(events, table)
+    if seasons and tasks not in (None, len(seasons)):
+        raise typer.BadParameter(f"the log has {len(seasons)} seasons ({seasons}); --tasks must match or be left out")
+    tasks = len(seasons) if seasons else (tasks or 5)
     config = ConsolidationConfig(epochs=epochs, ewc_lambda=settings.ewc_lambda if ewc_lambda is None else ewc_lambda,
                                  ewc_gamma=settings.ewc_gamma, tolerance=settings.gate_tolerance, seed=seed)
     progress = None if as_json else (lambda name, j: typer.echo(f"{name}: period {j} learned", err=True))
     try:
         results = forgetting(table, method or METHODS, tasks, holdout, probes, config, sample_size, seed=seed,
-                             progress=progress)
+                             progress=progress, cuts=cuts, seasons=seasons, recurrence_events=recurrence_events)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
     document = {"methods": {name: r.summary() for name, r in results.items()},
-                "dataset": {"source": str(events), "events": table.num_rows, "tasks": tasks, "holdout": holdout,
+                "dataset": {"source": str(events), "events": table.num_rows, "tasks": tasks, "seasons": seasons or None,
+                            "recurrence_events": recurrence_events if seasons else None, "holdout": holdout,
                             "probes_per_period": probes, "epochs": epochs, "ewc_lambda": config.ewc_lambda}}
     if consolidation_1m:
         big, source = _million_events(table, seed)
