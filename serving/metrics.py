@@ -28,8 +28,11 @@ events_applied_total                     counter    events it learned
 dlq_total                                counter    messages it sent to the dead-letter topic
 rate_limited_total                       counter    of those, events over their user's rate limit
 duplicates_total                         counter    redelivered events it skipped
+offset_resets_total                      counter    resumed positions given up: another topic
+                                                    incarnation's, or past the log end
 consumer_lag                             gauge      per partition: high watermark - next offset
-consumer_lag_total                       gauge      summed over its partitions
+                                                    (negative: past the log end)
+consumer_lag_total                       gauge      summed over its partitions (by distance)
 feature_reads_total / feature_missing_   counter    per view: online feature reads, and those that
 total                                               fell back to defaults (when a store is set)
 =======================================  =========  ===============================================
@@ -116,14 +119,17 @@ def _worker_families(stats: Any) -> Iterator[Metric]:
                                    ("dlq", stats.dlq, "Messages sent to the dead-letter topic"),
                                    ("rate_limited", stats.rate_limited, "Events over their user's rate limit "
                                                                         "(in the dead-letter topic too)"),
-                                   ("duplicates", stats.duplicates, "Redelivered events skipped")):
+                                   ("duplicates", stats.duplicates, "Redelivered events skipped"),
+                                   ("offset_resets", stats.offset_resets, "Resumed positions given up: they "
+                                    "belonged to another topic incarnation or lay past the log end")):
         yield CounterMetricFamily(f"fastslow_{name}", help_text, value=value)
     lag = GaugeMetricFamily("fastslow_consumer_lag", "Records behind per partition (high watermark minus "
-                            "next offset)", labels=("partition",))
+                            "next offset; negative: past the log end)", labels=("partition",))
     for partition, behind in sorted(dict(stats.lag).items()):
         lag.add_metric((str(partition),), behind)
     yield lag
-    yield GaugeMetricFamily("fastslow_consumer_lag_total", "Records behind, all assigned partitions",
+    yield GaugeMetricFamily("fastslow_consumer_lag_total", "Records behind, all assigned partitions (a "
+                            "position past the log end counts by its distance)",
                             value=stats.total_lag)
 
 

@@ -17,6 +17,11 @@ Redelivery never duplicates: a range written again replaces the file of the same
 first calls `EventArchive.truncate`, which removes whatever a crashed predecessor archived at
 offsets ``>= o`` (cutting a file that straddles ``o``), since those offsets are re-read.
 
+When the topic starts over (a new incarnation: its offsets begin at 0 again), the partition's
+files are *retired* (`EventArchive.retire`): renamed ``r<n>-<first>-<last>.parquet`` (``n``
+counting retirements up), so new offsets neither replace nor truncate events of the old ones.
+Readers take retired files first, oldest retirement first, then the current ones.
+
 >>> import tempfile, pyarrow as pa
 >>> from pathlib import Path
 >>> root = Path(tempfile.mkdtemp())
@@ -55,6 +60,7 @@ logger = logging.getLogger(__name__)
 ARCHIVE_SCHEMA = EVENT_SCHEMA.append(pa.field("partition", pa.int32())).append(pa.field("offset", pa.int64()))
 _DAY_MS = 86_400_000
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+_RETIRED = re.compile(r"^r(\d{6})-(\d{20})-(\d{20})\.parquet$")
 
 
 def archive_dir(data_dir: str | Path, topic: str) -> Path:
@@ -156,6 +162,21 @@ class EventArchive:
             logger.info("archive %s partition %d: removed %d events at offsets >= %d (they are re-read)",
                         self.root, partition, removed, offset)
         return removed
+
+    def retire(self, partition: int) -> int:
+        """Rename the partition's current files out of the way of a new topic incarnation's
+        offsets (see the module docstring); return how many were renamed."""
+        files = [path for path in self.root.glob(f"date=*/partition={partition}/*") if _NAME.match(path.name)]
+        if not files:
+            return 0
+        retired = [int(m[1]) for path in self.root.glob(f"date=*/partition={partition}/r*")
+                   if (m := _RETIRED.match(path.name))]
+        tag = f"r{max(retired, default=0) + 1:06d}-"
+        for path in files:
+            path.rename(path.with_name(tag + path.name))
+        logger.info("archive %s partition %d: %d files retired as %s* (the topic's offsets started over)",
+                    self.root, partition, len(files), tag)
+        return len(files)
 
     def _cut(self, path: Path, first: int, offset: int) -> int:
         """Keep only the rows of ``path`` below ``offset``, under the name of the shorter range."""
@@ -264,7 +285,22 @@ def _archive_files(root: Path, since_day: str) -> Iterator[Path]:
     for day_dir in dates:
         partitions = sorted(day_dir.glob("partition=*"), key=lambda p: int(p.name.split("=", 1)[1]))
         for partition_dir in partitions:
-            yield from sorted(p for p in partition_dir.iterdir() if _NAME.match(p.name))
+            yield from sorted((p for p in partition_dir.iterdir() if _file_order(p.name) is not None),
+                              key=lambda p: _file_order(p.name))
+
+
+def _file_order(name: str) -> tuple[int, int] | None:
+    """Where a file's events come in its partition: retired incarnations first, oldest first,
+    then by first offset (None: not an archive file).
+
+    >>> _file_order("r000002-" + "0" * 19 + "5-" + "0" * 18 + "10.parquet"), _file_order("x.tmp")
+    ((2, 5), None)
+    """
+    if (current := _NAME.match(name)) is not None:
+        return (1 << 62, int(current[1]))
+    if (retired := _RETIRED.match(name)) is not None:
+        return (int(retired[1]), int(retired[2]))
+    return None
 
 
 def _since(since: datetime | date | None) -> tuple[int | None, str]:

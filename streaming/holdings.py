@@ -12,6 +12,12 @@ archive write. `Holdings` saves all of it with the model in
 - A newly assigned partition gets its users from its partition snapshot
   (`streaming.state.PartitionedState.import_users`), its dedup window and its offset.
 - A partition with no snapshot starts at the group's committed offset (or the beginning).
+- A held or snapshot position recorded for another incarnation of the topic (its broker id
+  differs from the topic's id now: the topic was created again, or a broker on memory storage
+  restarted) is not used: its offsets would skip the new log's first events. The users' state
+  is kept, the partition starts like one with no snapshot (committed offset, or the log start),
+  and the archive's files of the old incarnation are retired (`reset`). The worker does the
+  same for a position found past the log's end (`streaming.worker`).
 - A partition no longer assigned is released: its users are forgotten
   (``forget_users``), so the model keeps only users of partitions this worker owns.
 
@@ -41,13 +47,15 @@ logger = logging.getLogger(__name__)
 class Holding:
     """One partition's state in a worker."""
 
-    __slots__ = ("partition", "position", "users", "dedup", "limits", "segment")
+    __slots__ = ("partition", "position", "users", "dedup", "limits", "segment", "topic_id")
 
     def __init__(self, partition: int, position: int | None, users: Iterable[str] = (),
                  dedup: DedupWindow | None = None, dedup_window: int = 100_000,
-                 limits: UserBuckets | None = None) -> None:
+                 limits: UserBuckets | None = None, topic_id: str | None = None) -> None:
         self.partition = partition
         self.position = position
+        self.topic_id = topic_id
+        """The topic incarnation `position` counts in (None: not known)."""
         self.users: set[str] = set(users)
         self.dedup = dedup if dedup is not None else DedupWindow(dedup_window)
         self.limits = limits if limits is not None else UserBuckets()
@@ -80,6 +88,10 @@ class Holdings:
         self.held: dict[int, Holding] = {}
         self._written: dict[int, int] = {}  # partition -> offset of the partition file we last wrote
         self._warned = False
+        self.topic_id: str | None = None
+        """The topic's incarnation as of the last `assign` (None: the broker did not say)."""
+        self.resets = 0
+        """Positions given up because they belong to another incarnation or lie past the log end."""
 
     def restore_worker(self, model: object) -> object:
         """The model from this worker's snapshot (holding its partitions), or ``model`` itself."""
@@ -93,7 +105,7 @@ class Holdings:
         for p, offset in snapshot.offsets.items():
             self.held[p] = Holding(p, offset, snapshot.users.get(p, ()),
                                    DedupWindow(self.dedup_window, snapshot.dedup.get(p, ())),
-                                   limits=UserBuckets(snapshot.limits.get(p)))
+                                   limits=UserBuckets(snapshot.limits.get(p)), topic_id=snapshot.topic_id)
         logger.info("restored worker snapshot of %s: partitions %s at offsets %s", self.worker_id,
                     sorted(snapshot.offsets), [snapshot.offsets[p] for p in sorted(snapshot.offsets)])
         return snapshot.model
@@ -106,7 +118,7 @@ class Holdings:
             offsets={p: h.position for p, h in held.items()},
             users={p: sorted(h.users) for p, h in held.items()},
             dedup={p: h.dedup.ids() for p, h in held.items()},
-            limits={p: h.limits.state() for p, h in held.items()}))
+            limits={p: h.limits.state() for p, h in held.items()}, topic_id=self.topic_id))
         fault_point("snapshot")
         partitioned = supports_partitioned_state(model)
         for p, h in held.items():
@@ -115,7 +127,7 @@ class Holdings:
             state = model.export_users(sorted(h.users)) if partitioned else None
             self.store.write_partition(PartitionSnapshot(self.topic, p, h.position, self.worker_id,
                                                          sorted(h.users), h.dedup.ids(), state,
-                                                         limits=h.limits.state()))
+                                                         limits=h.limits.state(), topic_id=h.topic_id))
             self._written[p] = h.position
 
     def forget_users(self, user_ids: Iterable[str]) -> None:
@@ -127,13 +139,15 @@ class Holdings:
                 holding.users -= gone
                 self._written.pop(p, None)
 
-    def assign(self, partitions: Iterable[int], model: object) -> dict[int, int | None]:
+    def assign(self, partitions: Iterable[int], model: object, topic_id: str | None = None) -> dict[int, int | None]:
         """Take up ``partitions`` (releasing the others); return the offset to resume each at.
 
-        None means no state exists for the partition: the caller resumes it at the group's
-        committed offset and reports that offset with `start_at`.
+        None means no usable position exists for the partition: the caller resumes it at the
+        group's committed offset and reports that offset with `start_at`. ``topic_id`` is the
+        broker's id of the topic now; positions recorded under another one are `reset`.
         """
         partitions = set(partitions)
+        self.topic_id = topic_id
         self.release([p for p in self.held if p not in partitions], model)
         resume = {}
         for p in sorted(partitions):
@@ -144,11 +158,30 @@ class Holdings:
             elif snapshot is not None:
                 self._adopt(snapshot, model)
             else:
-                self.held[p] = Holding(p, None, dedup_window=self.dedup_window)
-            resume[p] = self.held[p].position
+                self.held[p] = Holding(p, None, dedup_window=self.dedup_window, topic_id=topic_id)
+            held = self.held[p]
+            if held.position is not None and None not in (held.topic_id, topic_id) and held.topic_id != topic_id:
+                self.reset(p, f"it belongs to topic incarnation {held.topic_id}, the broker's "
+                              f"{self.topic!r} is now {topic_id} (created again, or a broker on memory "
+                              "storage restarted)")
+            held.topic_id = topic_id if topic_id is not None else held.topic_id
+            resume[p] = held.position
             if resume[p] is not None:
                 self.archive.truncate(p, resume[p])
         return resume
+
+    def reset(self, partition: int, why: str, log_start: int | None = None, log_end: int | None = None) -> None:
+        """Give up the held position of ``partition`` (see the module docstring): keep its
+        users' state, retire the archive's files, and leave the position to the caller (None)."""
+        held = self.held[partition]
+        bounds = "" if log_start is None else f" (the log now runs from {log_start} to {log_end})"
+        logger.warning("partition %d: not resuming at offset %d%s: %s. The fast state is kept; the "
+                       "partition resumes at the group's committed offset or the log start instead, so "
+                       "no new event is skipped", partition, held.position, bounds, why)
+        held.position = None
+        self._written.pop(partition, None)
+        self.archive.retire(partition)
+        self.resets += 1
 
     def start_at(self, partition: int, offset: int) -> None:
         """Record where a partition without any state starts (and trim the archive there)."""
@@ -183,7 +216,8 @@ class Holdings:
         elif snapshot.users:
             self._warn_not_partitioned(model)
         self.held[p] = Holding(p, snapshot.offset, snapshot.users,
-                               DedupWindow(self.dedup_window, snapshot.dedup), limits=UserBuckets(snapshot.limits))
+                               DedupWindow(self.dedup_window, snapshot.dedup), limits=UserBuckets(snapshot.limits),
+                               topic_id=snapshot.topic_id)
         logger.info("partition %d: adopted snapshot of %s at offset %d (%d users)", p, snapshot.writer,
                     snapshot.offset, len(snapshot.users))
 

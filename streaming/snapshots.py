@@ -94,6 +94,10 @@ class PartitionSnapshot:
     limits: dict = field(default_factory=dict)
     """The partition's rate-limit buckets (`streaming.ratelimit.UserBuckets.state`)."""
     written_at: float = field(default_factory=time.time)
+    topic_id: str | None = None
+    """The broker's id of the topic incarnation ``offset`` belongs to (None: not known, or a
+    snapshot written before it was recorded). A topic deleted and created again, or a broker
+    on memory storage restarted, gets a new id and starts its offsets at 0 again."""
 
 
 @dataclass
@@ -110,6 +114,8 @@ class WorkerSnapshot:
     limits: dict[int, dict] = field(default_factory=dict)
     """Per partition, its rate-limit buckets (snapshots written before they existed have none)."""
     written_at: float = field(default_factory=time.time)
+    topic_id: str | None = None
+    """The topic incarnation ``offsets`` belong to (see `PartitionSnapshot.topic_id`)."""
 
 
 class SnapshotStore:
@@ -135,10 +141,11 @@ class SnapshotStore:
         return None if data is None else WorkerSnapshot(**data)
 
     def write_partition(self, snapshot: PartitionSnapshot) -> bool:
-        """Replace the partition's file unless the file holds a later offset; return if written."""
+        """Replace the partition's file unless the file holds a later offset of the same topic
+        incarnation; return if written."""
         path = self.partition_path(snapshot.partition)
         current = self.read_partition(snapshot.partition)
-        if current is not None and current.offset > snapshot.offset:
+        if current is not None and current.offset > snapshot.offset and current.topic_id == snapshot.topic_id:
             logger.warning("not overwriting %s (offset %d, by %s) with older state (offset %d, by %s)",
                            path, current.offset, current.writer, snapshot.offset, snapshot.writer)
             return False

@@ -25,7 +25,10 @@ assignment it restores them and seeks to those offsets, so after a crash (even `
 each event is applied exactly once to the fast state: events after the snapshot are read
 again, and the archive first drops what it held beyond the snapshot. Committed offsets are
 for monitoring and for partitions that have no snapshot at all; snapshots decide where state
-resumes. Dead letters of the re-read range are sent again (their ``fastslow.source.*``
+resumes, unless their offsets belong to another incarnation of the topic (the broker's topic
+id differs: `streaming.holdings`) or lie past the log's end (seen in the first fetch): then
+the fast state is kept, the partition resumes at the committed offset or the log start with a
+warning that gives the numbers, and `WorkerStats.offset_resets` counts it. Dead letters of the re-read range are sent again (their ``fastslow.source.*``
 headers identify copies). Crash points marked with `infra.faults.point` (``apply``,
 ``commit``, and ``snapshot`` in `streaming.holdings`) let tests stop the process there.
 
@@ -166,6 +169,7 @@ class Worker:
         self._flushed_at = self._snapshot_at = time.monotonic()
         self._committed: dict[int, int] = {}
         self._unplaced: set[int] = set()  # assigned partitions whose start offset is not known yet
+        self._unverified: set[int] = set()  # resumed partitions whose position the log's end has not confirmed
         self._closing = False
         self._snapshot_due = False  # users were forgotten: snapshot at the next step
 
@@ -233,6 +237,8 @@ class Worker:
         batch = self._consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000),
                                     max_records=self.max_poll_records)
         count = sum(len(records) for records in batch.values())
+        if self._unverified:
+            self._verify_positions()
         if self._unplaced:
             self._place(batch)
         if count:
@@ -406,8 +412,10 @@ class Worker:
         from kafka import TopicPartition
 
         with self.lock:
-            resume = self.holdings.assign(partitions, self.model)
+            resume = self.holdings.assign(partitions, self.model, self._topic_id())
+        self.stats.offset_resets = self.holdings.resets
         self._unplaced = {p for p, offset in resume.items() if offset is None}  # placed after the poll
+        self._unverified = {p for p, offset in resume.items() if offset}
         for p, offset in resume.items():
             if offset is not None:
                 self._consumer.seek(TopicPartition(self.topic, p), offset)
@@ -444,6 +452,42 @@ class Worker:
             self.holdings.start_at(p, offset)
         self._unplaced.clear()
 
+    def _topic_id(self) -> str | None:
+        """The broker's id of the topic's current incarnation, from the consumer's metadata
+        (None when the broker or client does not provide one)."""
+        cluster = getattr(getattr(self._consumer, "_client", None), "cluster", None)
+        topic_id = getattr(cluster, "topic_id", None)
+        found = topic_id(self.topic) if callable(topic_id) else None
+        return None if found is None else str(found)
+
+    def _verify_positions(self) -> None:
+        """Partitions resumed at a snapshot's offset: once a fetch told the log's end (high
+        watermark), one past the end is reset to the committed offset or the log start."""
+        from kafka import TopicPartition
+
+        for p in sorted(self._unverified):
+            holding = self.holdings.held.get(p)
+            tp = TopicPartition(self.topic, p)
+            end = self._consumer.highwater(tp)
+            if holding is None or holding.position is None:
+                self._unverified.discard(p)
+                continue
+            if end is None:   # no fetch answered for it yet
+                continue
+            self._unverified.discard(p)
+            if holding.position <= end:
+                continue
+            start = self._consumer.beginning_offsets([tp])[tp]
+            committed = self._consumer.committed(tp)
+            offset = committed if committed is not None and start <= committed <= end else start
+            with self.lock:
+                self.holdings.reset(p, "it lies past the log's end (the topic started over)", start, end)
+                self.holdings.start_at(p, offset)
+            self._consumer.seek(tp, offset)
+            self.stats.offset_resets = self.holdings.resets
+            logger.warning("partition %d resumes at offset %d (%s)", p, offset,
+                           "the group's committed offset" if offset == committed else "the log start")
+
     def assignment(self) -> list[int]:
         """Partitions this worker owns now (empty until the group join completes)."""
         return sorted(tp.partition for tp in self._consumer.assignment()) if self._consumer else []
@@ -461,7 +505,7 @@ class Worker:
             highwater = self._consumer.highwater(TopicPartition(self.topic, p))
             holding = self.holdings.held.get(p)
             if highwater is not None and holding is not None and holding.position is not None:
-                lag[p] = max(0, highwater - holding.position)
+                lag[p] = highwater - holding.position   # negative: a position past the log end, shown
         self.stats.lag = lag
 
     def _close_clients(self) -> None:

@@ -59,7 +59,10 @@ class WorkerStats:
     assigned: list[int] = field(default_factory=list)
     """Partitions owned now."""
     lag: dict[int, int] = field(default_factory=dict)
-    """Per assigned partition: high watermark (from the last fetch) minus the next offset to read."""
+    """Per assigned partition: high watermark (from the last fetch) minus the next offset to read
+    (negative: the position is past the log's end, which the worker then resets)."""
+    offset_resets: int = 0
+    """Resumed positions given up: another topic incarnation's, or past the log end (`streaming.holdings`)."""
     last_apply_seconds: float | None = None
     """Wall time the last batch took to decode and apply."""
     last_apply_latency_ms: float | None = None
@@ -83,14 +86,16 @@ class WorkerStats:
 
     @property
     def total_lag(self) -> int:
-        """Records behind, summed over the assigned partitions with a known lag."""
-        return sum(self.lag.values())
+        """Records behind, summed over the assigned partitions with a known lag; a position past
+        the log end counts by how far past it is, so it never reads as caught up."""
+        return sum(abs(n) for n in self.lag.values())
 
     def as_dict(self) -> dict:
         """A JSON-ready copy (partition keys as strings)."""
         return {"worker_id": self.worker_id, "records": self.records, "events_applied": self.events_applied,
                 "dlq": self.dlq, "rate_limited": self.rate_limited, "duplicates": self.duplicates, "batches": self.batches,
-                "commits": self.commits, "snapshots": self.snapshots, "assigned": list(self.assigned),
+                "commits": self.commits, "snapshots": self.snapshots, "offset_resets": self.offset_resets,
+                "assigned": list(self.assigned),
                 "lag": {str(p): n for p, n in sorted(self.lag.items())}, "total_lag": self.total_lag,
                 "last_apply_seconds": self.last_apply_seconds, "last_apply_latency_ms": self.last_apply_latency_ms,
                 "last_snapshot_seconds": self.last_snapshot_seconds, "fetch_max_wait_ms": self.fetch_max_wait_ms,
