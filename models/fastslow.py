@@ -183,6 +183,7 @@ class FastSlow(Recommender):
         self.events = 0
         self._context = None
         self._context_items: ContextItems | None = None   # id + context item vectors (`_item_space`)
+        self._popularity = None
         if ranker is not None:
             self.use_ranker(ranker)
 
@@ -204,6 +205,51 @@ class FastSlow(Recommender):
             return
         self._context = source
         self._context_items = None
+
+    @property
+    def popularity(self):
+        """Where "popular right now" comes from when it is not this model's own stream (e.g. a
+        `streaming.popularity.TopicPopularity` over every partition of the topic, while this
+        model learns only some): ``item_scores(item_ids)`` and ``top(n) -> [(item_id, score)]``.
+        None: the model's own recency-weighted counts. A live connection: left out of pickles
+        and snapshots (set it again after loading).
+
+        It decides the trending candidates and the ``recent_popularity`` signal of every request.
+        """
+        return self._popularity
+
+    @popularity.setter
+    def popularity(self, source) -> None:
+        self._popularity = source
+        self._trending_rows = None
+
+    @property
+    def popularity_half_life(self) -> float:
+        """Seconds of event time after which an event counts half in "popular right now"."""
+        return self._stats.popularity_half_life
+
+    def trending(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` items this model calls popular right now, with their scores, best first.
+
+        >>> model = FastSlow()
+        >>> for t, item in enumerate(["a", "b", "a"]):
+        ...     model.learn_one("u", item, 100.0 + t)
+        >>> [item for item, _ in model.trending(2)]
+        ['a', 'b']
+        """
+        if self._popularity is not None:
+            return self._popularity.top(n)
+        self.flush()
+        scores = self._stats.recent_popularity(self.clock)
+        order = np.argsort(-scores, kind="stable")[:n]
+        order = order[scores[order] > 0]
+        return list(zip(self._stats.items.ids_of(order), scores[order].tolist()))
+
+    def _recent_popularity(self, rows: np.ndarray) -> np.ndarray:
+        """The ``recent_popularity`` signal of item rows, from `popularity` when set."""
+        if self._popularity is None:
+            return self._stats.recent_popularity(self.clock, rows)
+        return self._popularity.item_scores(self._stats.items.ids_of(rows))
 
     @property
     def slow_model(self) -> SlowRanker:
@@ -489,7 +535,7 @@ class FastSlow(Recommender):
             strength = float(weight.sum())
         return Signals(base, fast_vec, Sparse(*stats.cooccurrence_scores(recent)),
                        Sparse(*stats.transition_scores(recent)),
-                       lambda rows: stats.recent_popularity(self.clock, rows), memory, strength)
+                       self._recent_popularity, memory, strength)
 
     def _candidates(self, sig: Signals, space: ItemSpace, user: np.ndarray) -> np.ndarray:
         """Candidate item rows; `user` is the slow user vector the item index is searched with
@@ -526,7 +572,11 @@ class FastSlow(Recommender):
         return sorted_unique(np.concatenate(parts).astype(np.int64, copy=False))
 
     def _trending(self) -> np.ndarray:
-        """The most popular items right now, recomputed at most every 100 events (it moves slowly)."""
+        """The most popular items right now, recomputed at most every 100 events (it moves slowly);
+        from `popularity` when set (its items registered here, so they can be candidates)."""
+        if self._popularity is not None:
+            return np.array([self._register(item) for item, _ in self._popularity.top(self.popular_candidates)],
+                            dtype=np.int64)
         if self._trending_rows is None or self.events - self._trending_at >= 100:
             self._trending_rows = top_positive(self._stats.recent_popularity(self.clock), self.popular_candidates)
             self._trending_at = self.events
@@ -720,6 +770,7 @@ class FastSlow(Recommender):
         state = self.__dict__.copy()
         state["_context"] = None
         state["_context_items"] = None
+        state["_popularity"] = None
         state["_base_memo"] = None
         return state
 
@@ -727,7 +778,7 @@ class FastSlow(Recommender):
         state = dict(state)
         state.pop("context", None)   # pickles from before `context` was a property
         self.__dict__.update(state)
-        for name in ("_context", "_context_items", "_base_memo"):
+        for name in ("_context", "_context_items", "_base_memo", "_popularity"):
             self.__dict__.setdefault(name, None)
 
 

@@ -8,6 +8,10 @@
   `Worker.lock`, the lock the worker holds while learning. The worker restores its snapshot
   at start, which may replace the model object: `Runtime.model` always answers the current one.
 - **A Kafka producer** for ``POST /events`` (keyed by user, like `streaming.producer`).
+- **"Popular right now" over the whole topic** (`streaming.popularity.TopicPopularity`, with
+  a broker): the worker learns only its partitions, but the trending items and the popularity
+  signal the model ranks with count every partition's events, so every serving process shows
+  an unknown user the same "trending now", whichever partitions it owns.
 - **A champion watcher** (`consolidation.reload.ChampionWatcher`): every ``poll_interval_s``
   it asks the registry for the champion's version (one cheap query) and after a promotion or
   rollback loads the new ranker (outside the lock) and swaps it in with
@@ -137,6 +141,8 @@ class Runtime:
         self._broker = BrokerProbe(bootstrap) if bootstrap is not None else None
         self.pusher = None
         """The `features.pusher.FeaturePusher` the worker's batches go through (with features)."""
+        self.popularity = None
+        """The `streaming.popularity.TopicPopularity` the model reads while running with a broker."""
         self._read_context(model)
 
     # -- building from settings ------------------------------------------------------------
@@ -183,6 +189,7 @@ class Runtime:
         try:
             if self.bootstrap is not None:
                 self._producer = make_producer(self.bootstrap, **_producer_timeouts(self.ack_timeout_s))
+                self._start_popularity()
             if self.consume:
                 if self.features is not None:
                     from features.pusher import FeaturePusher
@@ -207,6 +214,9 @@ class Runtime:
         if self.worker is not None:
             self.worker.stop()
         try:
+            popularity, self.popularity = self.popularity, None
+            if popularity is not None:
+                popularity.stop()
             if self.watcher is not None:
                 self.watcher.stop()
             for thread in self._threads:
@@ -234,6 +244,17 @@ class Runtime:
         self._threads.append(thread)
         thread.start()
 
+    def _start_popularity(self) -> None:
+        """Read "popular right now" from every partition of the topic, for the model to rank with."""
+        from streaming.popularity import TopicPopularity
+
+        half_life = getattr(self._model, "popularity_half_life", None)
+        if half_life is None:   # a model without the notion
+            return
+        self.popularity = TopicPopularity(self.bootstrap, self.topic, half_life=half_life).start()
+        with self.lock:
+            self._model.popularity = self.popularity
+
     def _start_worker(self) -> None:
         from streaming.worker import DEFAULT_GROUP, Worker
 
@@ -246,6 +267,8 @@ class Runtime:
                 self._reconcile_restored(worker)
                 self._read_context(worker.model)
                 self._keep_catalogue(worker)
+                if self.popularity is not None:
+                    worker.model.popularity = self.popularity   # snapshots do not keep the connection
             worker.forget_users(list(self.deleted), deleted=True)
         except BaseException:
             worker.close(snapshot=False)
