@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     """Redis for the Feast online store, redis://host:port/db (FASTSLOW_REDIS_URL)."""
 
     kafka_bootstrap: str | None = None
-    """Kafka bootstrap servers, e.g. host:9092; unset starts the embedded broker (FASTSLOW_KAFKA_BOOTSTRAP)."""
+    """Kafka bootstrap servers of `produce`, `worker` and `serve`, e.g. host:9092; unset, they stop and say to start one with `fastslow broker` (`fastslow demo` and the benchmarks always run their own embedded broker) (FASTSLOW_KAFKA_BOOTSTRAP)."""
 
     mlflow_tracking_uri: str | None = None
     """MLflow tracking/registry URI; unset: sqlite:///<data_dir>/mlflow.db, artifacts in <data_dir>/mlartifacts (FASTSLOW_MLFLOW_TRACKING_URI)."""
