@@ -68,7 +68,8 @@ def bench_permuted_digits(
                                                                                "(repeat; default all).")] = None,
     seed: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeat; default 0 1 2).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over each task's training data.")] = 10,
-    ewc_lambda: Annotated[float, typer.Option(min=0.0, help="EWC strength (lambda / 2 convention).")] = 30.0,
+    ewc_lambda: Annotated[float, typer.Option(min=0.0, help="EWC strength (lambda / 2 convention).")] = 1000.0,
+    hidden: Annotated[int, typer.Option(min=1, help="Units in each of the MLP's two hidden layers.")] = 400,
     memory: Annotated[int, typer.Option(min=1, help="fast-slow: examples the episodic memory holds.")] = 1000,
     plot: Annotated[Optional[Path], typer.Option(help="Draw ACC/BWT bars and task 0's accuracy to this PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON line (no table on stderr).")] = False,
@@ -82,7 +83,7 @@ def bench_permuted_digits(
 
     torch.set_num_threads(threads)
     try:
-        config = DigitsConfig(tasks=tasks, epochs=epochs, ewc_lambda=ewc_lambda, memory=memory)
+        config = DigitsConfig(tasks=tasks, epochs=epochs, ewc_lambda=ewc_lambda, hidden=hidden, memory=memory)
         result = permuted_digits(method or METHODS, seed or (0, 1, 2), config)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None

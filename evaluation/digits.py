@@ -3,7 +3,7 @@
 scikit-learn ships the 8x8 handwritten digits (1,797 images, 64 pixels, 10 classes) inside
 the package, so the benchmark needs no download. One seeded stratified split (80% train, 20%
 test) is shared by every task; task ``t`` shows every image with its pixels in a fixed random
-order (task 0: the original order). A small MLP (64-100-100-10, ReLU, Adam) learns the tasks one
+order (task 0: the original order). A small MLP (64-400-400-10, ReLU, Adam) learns the tasks one
 after the other, ``epochs`` passes over each task's training data, and after each task it is
 scored on every task's test images: ``R[j, i]`` is the accuracy on task ``i`` after task ``j``,
 summarised by `consolidation.forgetting.acc` and `consolidation.forgetting.bwt`.
@@ -64,8 +64,9 @@ class DigitsConfig:
     optimizer: str = "adam"
     """``adam`` or ``sgd`` (plain, no momentum), fresh for each task."""
     lr: float = 1e-3
-    hidden: int = 100
-    ewc_lambda: float = 30.0
+    hidden: int = 400
+    ewc_lambda: float = 1000.0
+    """Chosen on seed 100 (not a reported seed) from 10, 100, 1000, 3000 (EWC ACC 0.57, 0.67, 0.76, 0.72)."""
     fisher: str = "empirical"
     """``empirical`` (the observed labels, as the product's consolidation) or ``expected`` (every
     label weighted by the model's probability: the true Fisher), both by `fisher_diagonal`."""

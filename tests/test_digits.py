@@ -19,7 +19,7 @@ def two_tasks():
 
 
 def test_finetune_learns_the_first_task_and_loses_it_to_the_second(two_tasks):
-    result = run_method("finetune", two_tasks, DigitsConfig(tasks=2, epochs=5), seed=0)
+    result = run_method("finetune", two_tasks, DigitsConfig(tasks=2, epochs=5, hidden=100), seed=0)
     (first, unseen), (after, second) = result["matrix"]
     assert first > 0.85 and second > 0.85          # chance is 0.10
     assert unseen < 0.5                             # task 1's pixel order is new to the model
@@ -29,7 +29,7 @@ def test_finetune_learns_the_first_task_and_loses_it_to_the_second(two_tasks):
 
 
 def test_fast_slow_keeps_the_first_task_better_than_finetune(two_tasks):
-    config = DigitsConfig(tasks=2, epochs=5)
+    config = DigitsConfig(tasks=2, epochs=5, hidden=100)
     finetune = run_method("finetune", two_tasks, config, seed=0)
     fast_slow = run_method("fast-slow", two_tasks, config, seed=0)
     assert fast_slow["matrix"][1][0] > finetune["matrix"][1][0]
@@ -63,8 +63,8 @@ def test_cli_prints_json_with_every_method_and_the_seed_table(tmp_path):
     from fastslow.cli import app
 
     plot = tmp_path / "digits.png"
-    result = CliRunner().invoke(app, ["bench", "permuted-digits", "--tasks", "2", "--epochs", "1", "--seed", "0",
-                                      "-m", "finetune", "-m", "ewc", "--json", "--plot", str(plot)])
+    result = CliRunner().invoke(app, ["bench", "permuted-digits", "--tasks", "2", "--epochs", "1", "--hidden", "50",
+                                      "--seed", "0", "-m", "finetune", "-m", "ewc", "--json", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(doc["methods"]) == {"finetune", "ewc"} and doc["seeds"] == [0]
