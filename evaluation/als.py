@@ -4,7 +4,9 @@ This is the "retrain every so often" practice: every `refit_every` events the mo
 on the whole user-item matrix seen so far; between refits, a user's factors are recomputed
 from that user's current items at each request (`recalculate_user`), so users who arrived
 after the last refit still get personal recommendations. Items that arrived after the last
-refit are unknown to the model until the next one.
+refit are unknown to the model until the next one. Ties between scores (every score of a user
+without items is 0) go to the item with more interactions so far, then to the item seen first,
+as for the other peers: a user's first basket gets the popular items, not the first ones seen.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender
-from models.ranking import top_k
+from models.ranking import lex_top_k
 from models.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class ImplicitALS(Recommender):
         self._rows: list[int] = []
         self._cols: list[int] = []
         self._user_items: dict[int, dict[int, float]] = {}
+        self._counts = np.zeros(1024)
         self._model = None
         self._n_fitted_items = 0
         self._since_refit = 0
@@ -53,6 +56,9 @@ class ImplicitALS(Recommender):
 
     def _learn(self, user_id: str, item_id: str) -> None:
         u, i = self._users.add(user_id), self._items.add(item_id)
+        if i >= len(self._counts):
+            self._counts = np.concatenate([self._counts, np.zeros(len(self._counts))])
+        self._counts[i] += 1
         self._rows.append(u)
         self._cols.append(i)
         items = self._user_items.setdefault(u, {})
@@ -97,7 +103,7 @@ class ImplicitALS(Recommender):
                              (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, n))
         user_vec = self._model.recalculate_user(0, row)
         scores = self._model.item_factors @ np.asarray(user_vec).ravel()
-        rows = top_k(scores, k, [r for r in map(self._items.get, exclude) if r >= 0])
+        rows = lex_top_k(scores, self._counts[:n], k, [r for r in map(self._items.get, exclude) if r >= 0])
         return [self._items.id_of(int(r)) for r in rows]
 
 

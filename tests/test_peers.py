@@ -84,3 +84,13 @@ def test_peers_are_registered_and_deterministic(name):
     for policy in (a, b):
         _learn(policy, SR_LOG + KNN_LOG)
     assert [a.recommend(u, 5) for u in "uvwy"] == [b.recommend(u, 5) for u in "uvwy"]
+
+
+def test_implicit_als_gives_a_user_without_items_the_popular_items():
+    from evaluation.als import ImplicitALS
+
+    als = ImplicitALS(factors=4, iterations=3, refit_every=1_000)
+    # z is seen last but bought most: a user without items scores 0 everywhere, ties by n_j
+    als.learn_warmup(["u1", "u2", "u3", "u4", "u5", "u1"], ["a", "b", "z", "z", "z", "z"],
+                     [0.0] * 6, ["click"] * 6, [1.0] * 6)
+    assert als.recommend("new", 3) == ["z", "a", "b"]
