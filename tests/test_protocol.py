@@ -190,3 +190,30 @@ def test_no_peer_run_means_no_best_peer():
                         make=lambda name, seed=0: Oracle([_log(LOG).item(n) for n in range(4, 10)]))
     assert report.document["best_peer"] is None
     assert report.document["policies"]["oracle"]["vs_best_peer"] is None
+
+
+def test_replay_command_takes_ties_and_records_it(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fastslow.cli import app
+
+    log = tmp_path / "log.csv"
+    # u0 buys x (the warm-up); u1, u2 and u3 buy y in the same second; then u4 buys x
+    log.write_text("user_id,item_id,timestamp\nu0,x,1714564800\nu1,y,1714564801\nu2,y,1714564801\n"
+                   "u3,y,1714564801\nu4,x,1714564802\n")
+    out = {}
+    for ties in ("group", "order"):
+        result = CliRunner().invoke(app, ["replay", str(log), "-p", "popularity", "-p", "sr", "--k", "1",
+                                          "--warmup", "0.2", "--ties", ties])
+        assert result.exit_code == 0, result.output
+        out[ties] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["group"]["protocol"]["ties"] == "group" and out["order"]["protocol"]["ties"] == "order"
+    # group: u1, u2, u3 -> y all see only x (miss); u4 -> x: y=3 beats x=1 (miss)
+    assert out["group"]["policies"]["popularity"]["hr@1"] == 0.0
+    # order: u2 sees y=1 vs x=1 (x first: miss), u3 sees y=2 (hit), u4 misses
+    assert out["order"]["policies"]["popularity"]["hr@1"] == 0.25
+    assert out["group"]["best_peer"]["name"] in ("popularity", "sr")
+    bad = CliRunner().invoke(app, ["replay", str(log), "-p", "popularity", "--ties", "random"])
+    assert bad.exit_code == 2 and "--ties" in bad.output
