@@ -353,7 +353,11 @@ class Worker:
         if offsets is None:
             return
         self._dlq.flush()
-        offsets = {p: o for p, o in offsets.items() if self._committed.get(p) != o and p in self.holdings.held}
+        # only partitions the group assigned us (and checked): a position restored from a snapshot
+        # may belong to another incarnation of the topic until `_on_assigned` has looked
+        assigned = set(self.stats.assigned)
+        offsets = {p: o for p, o in offsets.items()
+                   if self._committed.get(p) != o and p in self.holdings.held and p in assigned}
         if offsets:
             self._commit(offsets, commit_wait)
 
@@ -373,8 +377,9 @@ class Worker:
 
     def _uncommitted(self) -> bool:
         """Whether a position moved past what the group last accepted (e.g. a refused commit)."""
+        assigned = self.stats.assigned
         return any(h.position is not None and self._committed.get(p) != h.position
-                   for p, h in self.holdings.held.items())
+                   for p, h in self.holdings.held.items() if p in assigned)
 
     def _offset_metadata(self, offsets: dict[int, int]) -> dict:
         from kafka import TopicPartition
