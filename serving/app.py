@@ -179,10 +179,15 @@ def create_app(runtime: Runtime, api_key: str | None = None) -> FastAPI:
         reasons = runtime.readiness()
         body = {"ready": not reasons, "reasons": reasons, "model_version": runtime.champion_version,
                 "worker_assigned": runtime.worker.stats.assigned if runtime.worker is not None else None}
-        watcher = runtime.watcher
+        watcher, popularity, warnings = runtime.watcher, runtime.popularity, []
         if watcher is not None and watcher.last_error is not None:
-            body["warnings"] = [f"champion watcher: {watcher.errors} polls failed so far, the last with "
-                                f"{watcher.last_error!r} (see the log)"]
+            warnings.append(f"champion watcher: {watcher.errors} polls failed so far, the last with "
+                            f"{watcher.last_error!r} (see the log)")
+        if popularity is not None and popularity.error is not None:
+            warnings.append(f"popularity reader stopped with {popularity.error!r}: 'trending now' keeps the "
+                            f"counts of the {popularity.events} events read before (see the log)")
+        if warnings:
+            body["warnings"] = warnings
         return JSONResponse(body, status_code=503 if reasons else 200)
 
     @app.get("/metrics")

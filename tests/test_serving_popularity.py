@@ -67,3 +67,18 @@ def test_a_model_without_a_source_ranks_its_own_stream():
     for n, item in enumerate(["x", "y", "x"]):
         model.learn_one(f"u{n}", item, 1714564800.0 + n)
     assert [item for item, _ in model.trending(5)] == ["x", "y"]
+
+
+def test_readyz_warns_when_the_popularity_reader_stopped(ranker, tmp_path):
+    from serving_fixtures import serving
+
+    from streaming.popularity import TopicPopularity
+
+    runtime = Runtime(FastSlow(ranker=ranker.clone()), data_dir=tmp_path)
+    with serving(runtime) as client:
+        assert "warnings" not in client.get("/readyz").json()
+        runtime.popularity = TopicPopularity("127.0.0.1:1")
+        runtime.popularity.error = ConnectionError("broker gone")
+        warnings = client.get("/readyz").json()["warnings"]
+    assert warnings == ["popularity reader stopped with ConnectionError('broker gone'): 'trending now' keeps "
+                        "the counts of the 0 events read before (see the log)"]
