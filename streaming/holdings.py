@@ -160,7 +160,8 @@ class Holdings:
             else:
                 self.held[p] = Holding(p, None, dedup_window=self.dedup_window, topic_id=topic_id)
             held = self.held[p]
-            if held.position is not None and None not in (held.topic_id, topic_id) and held.topic_id != topic_id:
+            if held.position and None not in (held.topic_id, topic_id) and held.topic_id != topic_id:
+                # (a position of 0 skips nothing in any incarnation: it just takes the new id)
                 self.reset(p, f"it belongs to topic incarnation {held.topic_id}, the broker's "
                               f"{self.topic!r} is now {topic_id} (created again, or a broker on memory "
                               "storage restarted)")
