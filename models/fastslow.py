@@ -537,11 +537,11 @@ class FastSlow(Recommender):
                        Sparse(*stats.transition_scores(recent)),
                        self._recent_popularity, memory, strength)
 
-    def _candidates(self, sig: Signals, space: ItemSpace, user: np.ndarray) -> np.ndarray:
+    def _candidates(self, sig: Signals, space: ItemSpace, user: np.ndarray, trending: np.ndarray) -> np.ndarray:
         """Candidate item rows; `user` is the slow user vector the item index is searched with
-        (plus the fast vector)."""
+        (plus the fast vector), `trending` the rows of `_trending`."""
         parts = [sig.cooc.top(self.signal_candidates), sig.trans.top(self.signal_candidates),
-                 sig.memory.rows, self._trending()]
+                 sig.memory.rows, trending]
         if len(space.index):
             vector_rows, _ = space.index.search(user + sig.fast_vec, self.ann_candidates)
             rows = space.items[vector_rows]
@@ -605,10 +605,11 @@ class FastSlow(Recommender):
         """Score this user's candidates (items in `exclude` left out): at least `k` of them
         whenever the model knows `k` items outside `exclude` (`_fill`)."""
         self.flush()
+        trending = self._trending()   # first: with `popularity` it may register items, growing the item space
         sig = self._signals(user_id)
         space = self._item_space()
         user = self._user_context(user_id, sig.base)
-        rows = self._candidates(sig, space, user)
+        rows = self._candidates(sig, space, user, trending)
         excluded = None
         if exclude:
             # a mask over the catalogue; its extra last slot takes the -1 of ids never seen

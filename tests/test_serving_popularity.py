@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
+import torch
 from consolidation_fixtures import one_torch_thread  # noqa: F401 (autouse)
 from serving_fixtures import clustered_ranker, wait_for
 from worker_fixtures import make_topics
 
 from models.fastslow import FastSlow
+from serving.catalogue import _grow
 from serving.runtime import Runtime
 from streaming.kafka import make_producer
 
@@ -82,3 +85,29 @@ def test_readyz_warns_when_the_popularity_reader_stopped(ranker, tmp_path):
         warnings = client.get("/readyz").json()["warnings"]
     assert warnings == ["popularity reader stopped with ConnectionError('broker gone'): 'trending now' keeps "
                         "the counts of the 0 events read before (see the log)"]
+
+
+class FixedPopularity:
+    """A popularity source answering a fixed ranking (items this model may never have seen)."""
+
+    def __init__(self, ranking: list[tuple[str, float]]) -> None:
+        self.ranking = ranking
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        return self.ranking[:n]
+
+    def item_scores(self, item_ids):
+        scores = dict(self.ranking)
+        return np.array([scores.get(item, 0.0) for item in item_ids])
+
+
+def test_items_trending_elsewhere_become_candidates_even_past_the_model_s_item_capacity(ranker):
+    grown = ranker.clone()   # a catalogue filling the model's first item arrays (1,024 rows)
+    _grow(grown, [f"cat-{n}" for n in range(1024 - len(ranker.items) - 5)], torch, np.random.default_rng(0), 0.5)
+    model = FastSlow(ranker=grown, catalogue=True)
+    elsewhere = [(f"new-{n}", 20.0 - n) for n in range(20)]   # seen only on other partitions
+    model.popularity = FixedPopularity(elsewhere)
+    shown = [item for item, _ in model.trending(3)]
+    listed = model.recommend("nobody", 1050)
+    assert shown == ["new-0", "new-1", "new-2"]
+    assert {item for item, _ in elsewhere} <= set(listed) and len(listed) == len(grown.items) + 20
