@@ -109,6 +109,22 @@ def steps(timestamps: np.ndarray, ties: str = "group") -> np.ndarray:
     return np.concatenate([[0], change, [n]]).astype(np.int64)
 
 
+def first_learned(timestamps: np.ndarray, n_warm: int, ties: str = "group") -> int:
+    """Where the events learned one by one (`learn_one`) start: the first event of the step that
+    holds event `n_warm` (its warm-up events are learned with it, after it is ranked).
+
+    >>> first_learned(np.array([1.0, 2.0, 2.0, 2.0, 3.0]), 2), first_learned(np.array([1.0, 2.0, 2.0]), 2, "order")
+    (1, 2)
+    >>> first_learned(np.array([1.0, 2.0]), 2)   # nothing left to score
+    2
+    """
+    n = len(timestamps)
+    if n_warm >= n:
+        return n
+    bounds = steps(timestamps, ties)
+    return int(bounds[np.searchsorted(bounds, n_warm, side="right") - 1])
+
+
 def prequential(stream: EventStream, policy: Recommender, *, k: int = 10, warmup: float = 0.2,
                 include_seen: bool = False, ties: str = "group", observer: Observer | None = None,
                 progress: Callable[[int], None] | None = None) -> PolicyResult:
@@ -130,9 +146,8 @@ def prequential(stream: EventStream, policy: Recommender, *, k: int = 10, warmup
     n = len(stream)
     n_warm = warmup_size(n, warmup)
     bounds = steps(stream.timestamps, ties)
-    # the step holding event n_warm starts the test part; its warm-up events are learned with it
-    first = int(np.searchsorted(bounds, n_warm, side="right")) - 1 if n_warm < n else len(bounds) - 1
-    learn_from = int(bounds[first])
+    learn_from = first_learned(stream.timestamps, n_warm, ties)
+    first = int(np.searchsorted(bounds, learn_from))   # the step holding event n_warm
     started = time.perf_counter()
     policy.learn_warmup(*stream.slice(0, learn_from).columns())
     warm_seconds = time.perf_counter() - started

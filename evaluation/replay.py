@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from evaluation.adaptation import AdaptationTracker
 from evaluation.policies import PEERS, make_policy
-from evaluation.protocol import PolicyResult, prequential, warmup_size
+from evaluation.protocol import PolicyResult, first_learned, prequential, warmup_size
 from evaluation.stream import EventStream
 from models.base import Recommender
 
@@ -42,14 +42,14 @@ def _progress_bar(disable: bool) -> Progress:
 CONSOLIDATIONS = 5
 
 
-def consolidation_every(scored: int, count: int = CONSOLIDATIONS) -> int:
-    """Learned events between consolidations so that `count` of them fall inside `scored` events
-    (none at the very end, where nothing would be scored after it).
+def consolidation_every(learned: int, count: int = CONSOLIDATIONS) -> int:
+    """Events between consolidations so that `count` of them fall inside the `learned` events
+    after the warm-up (none at the very end, where nothing would be scored after it).
 
     >>> consolidation_every(80_000), consolidation_every(6), consolidation_every(0)
     (13334, 2, 1)
     """
-    return scored // (count + 1) + 1
+    return learned // (count + 1) + 1
 
 
 def best_peer(summaries: dict[str, dict], k: int) -> dict | None:
@@ -87,10 +87,12 @@ def run_replay(stream: EventStream, policies: list[str], *, k: int = 10, warmup:
     knows the ``+features`` names); a policy with a ``report()`` method adds its dict to its
     JSON entry. A policy that consolidates on a schedule (``reschedule(every)``: `ewc`,
     `fast-slow`) does so every `consolidate_every` learned events, by default
-    `consolidation_every` of the scored part. Results are keyed by the names asked for.
+    `consolidation_every` of the events it learns one by one (the scored part, plus the warm-up
+    events of a step that straddles the boundary). Results are keyed by the names asked for.
     """
     n_warm = warmup_size(len(stream), warmup)
-    every = consolidate_every or consolidation_every(len(stream) - n_warm)
+    learned = len(stream) - first_learned(stream.timestamps, n_warm, ties)
+    every = consolidate_every or consolidation_every(learned)
     results = []
     trackers = {}
     with _progress_bar(not show_progress) as bar:

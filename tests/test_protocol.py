@@ -217,3 +217,41 @@ def test_replay_command_takes_ties_and_records_it(tmp_path):
     assert out["group"]["best_peer"]["name"] in ("popularity", "sr")
     bad = CliRunner().invoke(app, ["replay", str(log), "-p", "popularity", "--ties", "random"])
     assert bad.exit_code == 2 and "--ties" in bad.output
+
+
+class Scheduled(Popularity):
+    """Popularity with a consolidation schedule, as `ewc` and `fast-slow` have (counts only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.every, self.learned, self.consolidations = 0, 0, []
+
+    def reschedule(self, every: int) -> None:
+        self.every = every
+
+    def learn_warmup(self, users, items, timestamps, event_types, values) -> None:
+        for item in items:   # the schedule counts from the end of the warm-up, as `Schedule` does
+            self._items.add(item)
+
+    def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
+        super().learn_one(user_id, item_id, timestamp, event_type, value)
+        self.learned += 1
+        if self.learned % self.every == 0:
+            self.consolidations.append(self.learned)
+
+    def report(self) -> dict:
+        return {"consolidations": self.consolidations}
+
+
+def test_the_default_schedule_puts_five_consolidations_inside_the_scored_part():
+    # 40 events, warm-up 10; events 4..11 share second 4, so 4..9 are learned after ranking 10 and 11:
+    # 36 events go through learn_one, and no consolidation may fall after the last one
+    seconds = [0, 1, 2, 3] + [4] * 8 + list(range(5, 33))
+    log = [(f"u{n % 7}", f"i{n % 5}", s) for n, s in enumerate(seconds)]
+    report = run_replay(_log(log), ["scheduled"], warmup=0.25, show_progress=False,
+                        make=lambda name, seed=0: Scheduled())
+    assert report.document["protocol"]["consolidate_every"] == 36 // 6 + 1 == 7
+    assert report.document["policies"]["scheduled"]["consolidations"] == [7, 14, 21, 28, 35]
+    fixed = run_replay(_log(log), ["scheduled"], warmup=0.25, consolidate_every=10, show_progress=False,
+                       make=lambda name, seed=0: Scheduled())
+    assert fixed.document["policies"]["scheduled"]["consolidations"] == [10, 20, 30]
