@@ -3,7 +3,9 @@
 - co-occurrence: items that appear close together in a user's history, each pair weighted
   by how close (decay**distance), over the last `window` items;
 - transitions: the same, directed (what tends to come *after* an item), over a short window;
-- popularity: all-time counts and a recency-weighted count with a half-life.
+- popularity: all-time counts and a recency-weighted count with a half-life;
+- the peers' statistics (`models.signals.PeerStats`): recency-knn's co-occurrence counts and
+  sr's distance-weighted rules, so the fast path knows what they know.
 
 None of this waits for a model sync: it is what lets the fast path rank items that appeared
 minutes ago and that the slow model has never seen.
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.cooccurrence import Cooccurrence
+from models.signals import PeerStats
 from models.tails import tails
 from models.vocab import Vocab
 
@@ -58,7 +61,7 @@ class StreamStats:
 
     def __init__(self, window: int = 10, decay: float = 0.7, transition_window: int = 5,
                  transition_decay: float = 0.5, popularity_half_life: float = 86400.0,
-                 max_neighbours: int | None = 128) -> None:
+                 max_neighbours: int | None = 128, peers: dict | None = None) -> None:
         self.window = window
         self.decay = decay
         self.transition_window = transition_window
@@ -69,6 +72,7 @@ class StreamStats:
         # capped per item, so a long stream's memory follows the catalogue, not the pairs seen
         self.cooccurrence = Cooccurrence(symmetric=True, max_per_row=max_neighbours)
         self.transitions = Cooccurrence(symmetric=False, max_per_row=max_neighbours)
+        self.peers = PeerStats(**{"max_per_row": max_neighbours, **(peers or {})})
         self.counts = np.zeros(1024)
         self._pop = np.zeros(1024)          # decayed count as of self._pop_time
         self._inv_sqrt = np.ones(1024)      # 1 / sqrt(count + 1), kept per item as counts change
@@ -137,6 +141,7 @@ class StreamStats:
             src, owner, distance = tails(histories, width)
             if len(src):
                 matrix.add_pairs(src, rows[owner], np.power(decay, distance.astype(np.float64)))
+        self.peers.link(histories, rows)
 
     def learn(self, recent: Sequence[int], item_id: str, timestamp: float) -> int:
         """`observe` the item and `link` it to the user's `recent` rows at once; returns its row."""
@@ -162,3 +167,17 @@ class StreamStats:
         scores) of the non-zero entries."""
         short = np.asarray(recent, dtype=np.int64)[-self.transition_window:]
         return self.transitions.sparse_scores(short, _shared_pair_weights(len(short), self.transition_decay))
+
+    def knn_scores(self, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The `recency-knn` peer's scores for a user with these recent rows (oldest first), as
+        (item rows, scores) of the non-zero entries (`PeerStats.knn_scores`)."""
+        return self.peers.knn_scores(recent, self._inv_sqrt)
+
+    def sr_scores(self, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The `sr` peer's scores for a user with these recent rows (`PeerStats.sr_scores`)."""
+        return self.peers.sr_scores(recent)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "peers" not in state:   # pickled before the peers' statistics: they start now
+            self.peers = PeerStats(max_per_row=self.max_neighbours)
