@@ -36,8 +36,8 @@ from models.item_index import ItemIndex
 from models.item_space import ContextItems, ItemSpace
 from models.kernels import splitmix_rows, sum_by_row
 from models.memory import EpisodicMemory
-from models.scorer import (VERBS, Scored, Signals, Sparse, candidate_features, reason_for, sorted_unique,
-                           top_positive)
+from models.scorer import (TRIGGERED, VERBS, Scored, Signals, Sparse, candidate_features, reason_for,
+                           sorted_unique, top_positive)
 from models.slow import SlowRanker, context_dims
 from models.stream_stats import StreamStats
 from models.vocab import Vocab
@@ -184,6 +184,7 @@ class FastSlow(Recommender):
         self._context = None
         self._context_items: ContextItems | None = None   # id + context item vectors (`_item_space`)
         self._popularity = None
+        self._warming = False   # inside learn_warmup: the slow model's scores are in-sample there
         if ranker is not None:
             self.use_ranker(ranker)
 
@@ -395,7 +396,7 @@ class FastSlow(Recommender):
 
     # ------------------------------------------------------------------ learning
     def learn_one(self, user_id, item_id, timestamp, event_type="click", value=1.0) -> None:
-        self._learn_gate(user_id, item_id)
+        self._learn_gate(user_id, item_id, float(timestamp))
         state = self._fast.get(user_id)
         history = bytes(state.recent) if state is not None else b""   # the user's rows before this event
         row = self._stats.register(item_id)
@@ -411,14 +412,23 @@ class FastSlow(Recommender):
         if self.events % self.expire_every == 0:
             self.expire()
 
-    def _learn_gate(self, user_id: str, item_id: str) -> None:
-        """Teach the gate from the list this user was last shown and the item they chose."""
-        shown = self._served.pop(user_id, None)
-        if shown is None or not len(shown.rows):
+    def _learn_gate(self, user_id: str, item_id: str, timestamp: float) -> None:
+        """Teach the gate from the list this user was last shown and the item they chose: the
+        user's next event and every event of theirs at that same time (simultaneous events, such
+        as the items of one basket, were all chosen from that list; a later one was not)."""
+        shown = self._served.get(user_id)
+        if shown is None:
+            return
+        if shown.taught_at is None:
+            shown.taught_at = timestamp
+        elif shown.taught_at != timestamp:
+            del self._served[user_id]
+            return
+        if not len(shown.rows):
             return
         hit = np.flatnonzero(shown.rows == self._stats.items.get(item_id))
         if len(hit):
-            self._gate.learn(shown.slow, shown.fast, shown.request, int(hit[0]))
+            self._gate.learn(shown.slow, shown.fast, shown.request, int(hit[0]), weights_only=self._warming)
 
     def _remember_shown(self, scored: Scored) -> None:
         self._served[scored.user_id] = scored
@@ -503,14 +513,20 @@ class FastSlow(Recommender):
 
     def learn_warmup(self, users, items, timestamps, event_types, values) -> None:
         """Train the slow model on the prefix if none was given, then replay the prefix through
-        the fast path, scoring every `gate_every`-th event first so the gate learns too."""
+        the fast path, scoring every `gate_every`-th event first so the gate learns too: the
+        weights of the fast signals only, since the slow model learned this prefix (its scores
+        here are in-sample; how much to trust it is learned from the events after)."""
         if self.ranker is None and len(self._ranker.items) == 0:
             self._ranker.fit(self._ranker.build_examples(users, items))
             self.use_ranker(self._ranker)
-        for n, (u, i, t, e, v) in enumerate(zip(users, items, timestamps, event_types, values)):
-            if self.gate_every and n % self.gate_every == 0 and i in self._stats.items:
-                self._remember_shown(self.score(u, self.history(u)))
-            self.learn_one(u, i, float(t), e, float(v))
+        self._warming = True
+        try:
+            for n, (u, i, t, e, v) in enumerate(zip(users, items, timestamps, event_types, values)):
+                if self.gate_every and n % self.gate_every == 0 and i in self._stats.items:
+                    self._remember_shown(self.score(u, self.history(u)))
+                self.learn_one(u, i, float(t), e, float(v))
+        finally:
+            self._warming = False
         self.flush()
         self._served.clear()
 
@@ -535,12 +551,14 @@ class FastSlow(Recommender):
             strength = float(weight.sum())
         return Signals(base, fast_vec, Sparse(*stats.cooccurrence_scores(recent)),
                        Sparse(*stats.transition_scores(recent)),
-                       self._recent_popularity, memory, strength)
+                       self._recent_popularity, memory, strength,
+                       Sparse(*stats.knn_scores(recent)), Sparse(*stats.sr_scores(recent)), stats.counts)
 
     def _candidates(self, sig: Signals, space: ItemSpace, user: np.ndarray, trending: np.ndarray) -> np.ndarray:
         """Candidate item rows; `user` is the slow user vector the item index is searched with
         (plus the fast vector), `trending` the rows of `_trending`."""
         parts = [sig.cooc.top(self.signal_candidates), sig.trans.top(self.signal_candidates),
+                 sig.knn.top(self.signal_candidates), sig.sr.top(self.signal_candidates),
                  sig.memory.rows, trending]
         if len(space.index):
             vector_rows, _ = space.index.search(user + sig.fast_vec, self.ann_candidates)
@@ -639,7 +657,7 @@ class FastSlow(Recommender):
         """
         scored = self.score(user_id, exclude, k)
         self._remember_shown(scored)
-        recent = self._recent(user_id)[-self._stats.window:]
+        recent = self._recent(user_id)
         personal = user_id in self._fast or self.slow_knows(user_id)
         out = []
         for n in scored.top(k):
@@ -650,10 +668,8 @@ class FastSlow(Recommender):
                           for c, name in enumerate(FAST_SIGNALS)})
             signal = max(parts, key=parts.get)
             trigger = verb = None
-            if signal in ("cooccurrence", "transition") and len(recent):
-                matrix = self._stats.cooccurrence if signal == "cooccurrence" else self._stats.transitions
-                strength = [matrix.get(int(h), row) for h in recent]
-                h = int(recent[int(np.argmax(strength))])
+            if signal in TRIGGERED and len(recent):
+                h = self._trigger(signal, recent, row)
                 trigger = self._stats.items.id_of(h)
                 verb = VERBS.get(self._last_kind(user_id, h))
             out.append(Recommendation(self._stats.items.id_of(row), float(scored.score[n]),
@@ -661,6 +677,18 @@ class FastSlow(Recommender):
                                       float(slow_weight * scored.slow[n]), scored.gate,
                                       reason_for(signal, trigger, verb, personal)))
         return out
+
+    def _trigger(self, signal: str, recent: np.ndarray, row: int) -> int:
+        """The recent item (a row) that contributed most of a triggered signal's score for `row`."""
+        stats = self._stats
+        if signal == "sequential_rules":   # sr scores from the last item alone
+            return int(recent[-1])
+        matrix, width = {"cooccurrence": (stats.cooccurrence, stats.window),
+                         "transition": (stats.transitions, stats.transition_window),
+                         "recency_knn": (stats.peers.knn, stats.peers.knn_window)}[signal]
+        window = recent[-width:]
+        strength = [matrix.get(int(h), row) for h in window]
+        return int(window[int(np.argmax(strength))])
 
     def _own_entries(self, user_id: str):
         """The user's live memory entries, oldest first, found through their entry ids."""
@@ -781,6 +809,7 @@ class FastSlow(Recommender):
         self.__dict__.update(state)
         for name in ("_context", "_context_items", "_base_memo", "_popularity"):
             self.__dict__.setdefault(name, None)
+        self.__dict__.setdefault("_warming", False)
 
 
 class FastSlowFrozen(FastSlow):

@@ -1,8 +1,9 @@
 """Scoring one request for FastSlow: candidates, per-candidate signals, and the reason to show.
 
-Candidates come from four sources: the item index (ANN with the fast-adjusted user vector),
-co-occurrence and transitions from the user's recent items, the episodic memory (what users
-with similar vectors did moments ago), and recent popularity. Each candidate then gets the
+Candidates come from these sources: the item index (ANN with the fast-adjusted user vector),
+co-occurrence and transitions from the user's recent items, the `recency-knn` and `sr`
+peers' top items (`models.signals`), the episodic memory (what users with similar vectors
+did moments ago), and recent popularity. Each candidate then gets the
 slow model's score and the fast-path signals of `models.gate.FAST_SIGNALS`, each min-max
 normalised over the candidates, plus request features that tell the gate how much to trust
 the fast path for this user right now.
@@ -70,6 +71,12 @@ class Signals:
     """Recent popularity of the given item rows."""
     memory: Sparse
     mem_strength: float
+    knn: Sparse | None = None
+    """The `recency-knn` peer's scores (`models.stream_stats.StreamStats.knn_scores`)."""
+    sr: Sparse | None = None
+    """The `sr` peer's scores (`models.stream_stats.StreamStats.sr_scores`)."""
+    counts: np.ndarray | None = None
+    """All-time interactions per item row (the ``popularity`` signal, the peers' tie-break)."""
 
 
 @dataclass
@@ -84,6 +91,8 @@ class Scored:
     gate: float
     fast_score: np.ndarray
     score: np.ndarray
+    taught_at: float | None = None
+    """Time of the user's event that first taught the gate from this list (None: none yet)."""
 
     def top(self, k: int) -> np.ndarray:
         """Positions (into `rows`) of the k best candidates; ties go to the lower item row.
@@ -160,12 +169,22 @@ def candidate_features(rows: np.ndarray, sig: Signals, vector_rows: np.ndarray, 
     sig.trans.at(rows, out=fast[:, _COLUMN["transition"]])
     sig.memory.at(rows, out=fast[:, _COLUMN["memory"]])
     fast[:, _COLUMN["recent_popularity"]] = np.log1p(sig.popularity(rows))
+    if sig.knn is not None:
+        sig.knn.at(rows, out=fast[:, _COLUMN["recency_knn"]])
+    if sig.sr is not None:
+        sig.sr.at(rows, out=fast[:, _COLUMN["sequential_rules"]])
+    if sig.counts is not None:
+        fast[:, _COLUMN["popularity"]] = np.log1p(sig.counts[rows])
     return normalise(slow_raw), normalise_columns(fast)
 
 
 #: Reason templates per strongest signal; {item} is the recent item that led to it.
 VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "purchase": "bought",
          "rating": "rated", "skip": "skipped"}
+
+
+#: Signals whose reason names the recent item that led to the candidate.
+TRIGGERED = ("cooccurrence", "transition", "recency_knn", "sequential_rules")
 
 
 FALLBACK = "fallback: "
@@ -188,11 +207,12 @@ def reason_for(signal: str, trigger: str | None, verb: str | None, personal: boo
     if not personal:
         what = "trending now" if signal == "recent_popularity" else "liked by many"
         return f"{FALLBACK}{what} (nothing learned about you yet)"
-    if signal in ("cooccurrence", "transition") and trigger is not None:
+    if signal in TRIGGERED and trigger is not None:
         return f"because you just {verb or 'viewed'} {trigger}"
     return {
         "slow": "matches your long-term taste",
         "fast_weights": "matches what you have been into lately",
         "memory": "popular right now with people like you",
         "recent_popularity": "trending now",
+        "popularity": "popular with everyone",
     }.get(signal, "recommended for you")

@@ -131,15 +131,17 @@ def test_a_deleted_user_the_slow_model_knew_gets_a_strangers_list(world):
     assert model.recommend(user, 10) == model.recommend("never-seen-anyone", 10)
 
 
-def test_gate_step_follows_the_gradient_of_its_loss():
-    """One `Gate.learn` step equals lr times the finite-difference gradient of
-    -log softmax(score)[positive] in theta, w and v (l2 off)."""
-    from models.gate import FAST_SIGNALS, REQUEST_FEATURES, Gate
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_gate_step_follows_the_gradient_of_its_loss(adaptive):
+    """One `Gate.learn` step is the finite-difference gradient d of -log softmax(score)[positive]
+    in theta, w and v (l2 off) times lr (plain SGD) or, AdaGrad's first step, times
+    lr / sqrt(start + d**2) per parameter."""
+    from models.gate import _SQUARES_START, FAST_SIGNALS, REQUEST_FEATURES, Gate
 
     rng = np.random.default_rng(3)
     slow, fast = rng.random(6), rng.random((6, len(FAST_SIGNALS)))
     request = np.concatenate([[1.0], rng.random(len(REQUEST_FEATURES))])
-    gate = Gate(lr=0.01, l2=0.0)
+    gate = Gate(lr=0.01, l2=0.0, adaptive=adaptive)
     gate.v = 0.3
 
     def loss(theta, w, v):
@@ -162,10 +164,14 @@ def test_gate_step_follows_the_gradient_of_its_loss():
     d_w = numeric(lambda x: loss(theta, x, v), w)
     d_v = numeric(lambda x: loss(theta, w, x[0]), np.array([v]))[0]
     before = gate.learn(slow, fast, request, positive=2)
+
+    def step(d):
+        return 0.01 * d / np.sqrt(_SQUARES_START + d * d) if adaptive else 0.01 * d
+
     assert before == pytest.approx(loss(theta, w, v))
-    assert gate.theta == pytest.approx(theta - 0.01 * d_theta, abs=1e-8)
-    assert gate.w == pytest.approx(w - 0.01 * d_w, abs=1e-8)
-    assert gate.v == pytest.approx(v - 0.01 * d_v, abs=1e-8)
+    assert gate.theta == pytest.approx(theta - step(d_theta), abs=1e-8)
+    assert gate.w == pytest.approx(w - step(d_w), abs=1e-8)
+    assert gate.v == pytest.approx(v - step(d_v), abs=1e-8)
     assert Gate().value(np.concatenate([[1.0], np.zeros(len(REQUEST_FEATURES))])) == pytest.approx(0.8)
 
 
@@ -224,3 +230,24 @@ def test_unit_rows_equal_the_masked_division_bit_for_bit():
             norms = np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True))
             expected = (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
             assert _unit(x).tobytes() == expected.tobytes()
+
+
+def test_a_model_pickled_before_the_peer_signals_loads_scores_and_learns_them(world):
+    """A snapshot from before `models.signals`: its stream statistics lack the peers' matrices
+    and its gate has one weight per old signal and no AdaGrad state."""
+    from models.gate import FAST_SIGNALS
+
+    events, _, _ = world
+    model = _learned(world)
+    old = pickle.loads(pickle.dumps(model))
+    del old._stats.__dict__["peers"]
+    old._gate.w = old._gate.w[:5]
+    del old._gate.__dict__["adaptive"], old._gate.__dict__["_squares"]
+    restored = pickle.loads(pickle.dumps(old))
+    user = events.user(len(events) - 1)
+    assert len(restored._gate.w) == len(FAST_SIGNALS) and not restored._gate.w[5:].any()
+    assert len(restored.recommend(user, 10)) == 10
+    restored.learn_one(user, events.item(0), float(events.timestamps[-1]) + 1.0)
+    restored.learn_one(user, events.item(1), float(events.timestamps[-1]) + 2.0)
+    restored.flush()
+    assert restored._stats.peers.sr.cells and restored._stats.peers.knn.cells

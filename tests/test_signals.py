@@ -9,6 +9,7 @@ import pytest
 
 from evaluation.peers import RecencyKNN, SequentialRules
 from models.fastslow import FastSlow
+from models.gate import FAST_SIGNALS
 
 KNN_LOG = [("u", "p"), ("u", "q"), ("v", "p"), ("v", "r"), ("w", "q"), ("w", "s")]
 
@@ -71,3 +72,22 @@ def test_signals_equal_the_peers_scores_on_a_random_log(flush_every):
         assert _signal(model, user, "knn") == pytest.approx(_peer(knn, user), rel=1e-12)
         assert _signal(model, user, "sr") == pytest.approx(_peer(sr, user), rel=1e-12)
 
+
+def test_pinned_to_the_sr_signal_the_fast_path_ranks_as_sr():
+    """Gate pinned to the fast path, all weight on sr and a tie-break on all-time popularity,
+    no learning: the list is the `sr` peer's (its ties go to n_j, then to the item seen first)."""
+    rng = np.random.default_rng(5)
+    users = [f"u{n}" for n in range(8)]
+    items = [f"i{n}" for n in range(30)]
+    events = [(users[rng.integers(len(users))], items[rng.integers(len(items))]) for _ in range(400)]
+    weights = np.zeros(len(FAST_SIGNALS))
+    weights[FAST_SIGNALS.index("sequential_rules")] = 1.0
+    weights[FAST_SIGNALS.index("popularity")] = 1e-6
+    model = FastSlow(fixed_gate=1.0, gate={"initial_weights": tuple(weights), "lr": 0.0})
+    sr = SequentialRules()
+    for t, (u, i) in enumerate(events):
+        model.learn_one(u, i, 100.0 + t)
+        sr.learn_one(u, i, float(t))
+    for user in users:
+        # the fast path's candidates hold sr's top items (and the popular ones): compare the top 5
+        assert model.recommend(user, 5) == sr.recommend(user, 5), user
