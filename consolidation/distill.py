@@ -109,7 +109,7 @@ def distill_examples(model: FastSlow, ranker: SlowRanker, since: float, k: int =
     >>> clone = ranker.clone()
     >>> ex = distill_examples(model, clone, since=100.0, k=3, users=["b0"], id_share=0.0)
     >>> [clone.items.id_of(int(t)) for t in ex.targets], [round(float(w), 2) for w in ex.weights]
-    (['x2', 'x0', 'x1'], [1.01, 0.68, 0.31])
+    (['x2', 'x0', 'x1'], [1.35, 0.45, 0.21])
     >>> [clone.items.id_of(int(r) - 1) for r in ex.history[2] if r]   # b0's history, most recent first
     ['new', 'y3', 'y2', 'y1', 'y0']
     >>> "new" in clone.items, "new" in ranker.items
